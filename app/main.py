@@ -1,0 +1,104 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from itsdangerous import Signer
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from app.config import Settings, get_settings
+from app.db import Database
+from app.deps import LoginRequired
+from app.routes.api import api_router
+from app.routes.pages import pages_router
+from app.services.errors import ServiceError
+from app.templating import render
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def _wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    db = database or Database(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        if database is None:
+            db.dispose()
+
+    app = FastAPI(
+        title="rlhf-studio",
+        version="0.1.0",
+        description="Self-hosted RLHF workbench: labeling, exports, training rounds and policies.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.signer = Signer(settings.resolved_secret_key(), salt="rlhf-session")
+
+    app.include_router(api_router)
+    app.include_router(pages_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+        return RedirectResponse(f"/login?next={exc.next_url}", status_code=303)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        if _wants_html(request):
+            return render(request, "error.html", status_code=exc.status_code, message=exc.message)
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if _wants_html(request) and exc.status_code >= 400:
+            return render(request, "error.html", status_code=exc.status_code, message=str(exc.detail))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        return JSONResponse({"detail": errors, "message": summary}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database_down(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not isinstance(
+            exc, OperationalError
+        ):
+            log.exception("database error")
+            return JSONResponse({"detail": "internal database error"}, status_code=500)
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse(
+            {"detail": "database unavailable; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+
+    @app.middleware("http")
+    async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response: Response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    return app

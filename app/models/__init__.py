@@ -1,0 +1,32 @@
+"""All ORM models; importing this package registers every table on ``Base.metadata``."""
+
+from app.models.labeling import FLAGS, TASK_KINDS, Demonstration, Ranking, Task
+from app.models.policies import Completion, Policy, RewardModel
+from app.models.prompts import DEFAULT_SAMPLING, SPLITS, Prompt, PromptSet
+from app.models.training import AuditLog, RunLog, RunMetric, TrainingRun, Worker
+from app.models.users import ROLES, ApiToken, LoginFailure, User, UserSession
+
+__all__ = [
+    "DEFAULT_SAMPLING",
+    "FLAGS",
+    "ROLES",
+    "SPLITS",
+    "TASK_KINDS",
+    "ApiToken",
+    "AuditLog",
+    "Completion",
+    "Demonstration",
+    "LoginFailure",
+    "Policy",
+    "Prompt",
+    "PromptSet",
+    "Ranking",
+    "RewardModel",
+    "RunLog",
+    "RunMetric",
+    "Task",
+    "TrainingRun",
+    "User",
+    "UserSession",
+    "Worker",
+]

@@ -1,0 +1,81 @@
+"""Labeling work: tasks with leases, rankings, demonstrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+from app.models.base import UTCDateTime, utcnow
+
+TASK_KINDS = ("rank", "demonstrate")
+# leased -> submitted | skipped | expired ; submitted -> requeued (admin sends it back)
+TASK_STATUSES = ("leased", "submitted", "skipped", "expired", "requeued")
+FLAGS = (
+    "fails_instruction",
+    "made_up_facts",
+    "inappropriate_for_customer_assistant",
+    "harmful_or_toxic",
+    "sexual_or_violent",
+    "moral_judgement",
+)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_prompt_kind_status", "prompt_id", "kind", "status"),
+        Index("ix_tasks_labeler_status", "labeler_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    prompt_set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id", ondelete="CASCADE"), index=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="leased")
+    completion_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    skip_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Ranking(Base):
+    """A labeler's best-first ranking of a task's K completions (groups of >1 are ties)."""
+
+    __tablename__ = "rankings"
+    __table_args__ = (Index("ix_rankings_prompt_status", "prompt_id", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), unique=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    ranking: Mapped[list[list[int]]] = mapped_column(JSON)
+    ratings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    all_unacceptable: Mapped[bool] = mapped_column(Boolean, default=False)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    time_spent_s: Mapped[float | None] = mapped_column(Float)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class Demonstration(Base):
+    """A labeler-written ideal response to a prompt."""
+
+    __tablename__ = "demonstrations"
+    __table_args__ = (Index("ix_demonstrations_prompt_status", "prompt_id", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), unique=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    time_spent_s: Mapped[float | None] = mapped_column(Float)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -1,0 +1,1 @@
+"""HTTP layer: JSON API under /api/v1 (routes/api) and Jinja2 pages (routes/pages)."""

@@ -1,0 +1,48 @@
+"""Jinja2 environment (autoescape always on) and a render helper for pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from app.deps import Principal
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+# html=False: raw HTML in Markdown is escaped, so guidelines can never inject markup.
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+
+
+def render_markdown(text: str) -> Markup:
+    return Markup(_markdown.render(text or ""))
+
+
+env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True)
+env.filters["markdown"] = render_markdown
+templates = Jinja2Templates(env=env)
+
+
+def render(
+    request: Request,
+    name: str,
+    principal: Principal | None = None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "user": principal.user if principal else None,
+            "csrf_token": principal.csrf_token if principal else "",
+            **context,
+        },
+        status_code=status_code,
+    )

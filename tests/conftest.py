@@ -1,0 +1,145 @@
+"""Shared fixtures. Every test that takes ``database`` runs on SQLite and on PostgreSQL
+(when RLHF_TEST_DATABASE_URL is set or a server answers on 127.0.0.1:5432)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from app.config import Settings  # noqa: E402
+from app.db import Database  # noqa: E402
+from app.main import create_app  # noqa: E402
+from app.services import tokens, users  # noqa: E402
+from tests.dbs import PostgresFactory, SqliteFactory, postgres_url  # noqa: E402
+
+PASSWORD = "correct-horse-battery"
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def sqlite_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteFactory]:
+    factory = SqliteFactory(tmp_path_factory.mktemp("sqlite"))
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_factory() -> Iterator[PostgresFactory | None]:
+    url = postgres_url()
+    if url is None:
+        yield None
+        return
+    factory = PostgresFactory(url)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_factory(
+    backend: str, request: pytest.FixtureRequest
+) -> SqliteFactory | PostgresFactory:
+    if backend == "sqlite":
+        return request.getfixturevalue("sqlite_factory")
+    factory = request.getfixturevalue("postgres_factory")
+    if factory is None:
+        pytest.skip("no PostgreSQL (set RLHF_TEST_DATABASE_URL)")
+    return factory
+
+
+@pytest.fixture
+def db_url(db_factory: SqliteFactory | PostgresFactory) -> Iterator[str]:
+    url = db_factory.create()
+    yield url
+    db_factory.drop(url)
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator[Database]:
+    db = Database(db_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        artifacts_dir=tmp_path / "artifacts",
+        secret_key="test-secret-key-not-for-production",
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, database: Database) -> FastAPI:
+    return create_app(settings, database)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, base_url="http://testserver") as c:
+        yield c
+
+
+@dataclass
+class Account:
+    id: int
+    username: str
+    password: str
+    role: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def make_account(database: Database) -> Callable[..., Account]:
+    counter = {"n": 0}
+
+    def make(role: str = "labeler", username: str | None = None) -> Account:
+        counter["n"] += 1
+        name = username or f"{role}{counter['n']}"
+        with database.session() as db:
+            user = users.create_user(db, name, PASSWORD, role)
+            _, plaintext = tokens.create_token(db, user, "test")
+            return Account(user.id, name, PASSWORD, role, plaintext)
+
+    return make
+
+
+@pytest.fixture
+def admin(make_account: Callable[..., Account]) -> Account:
+    return make_account("admin", "admin")
+
+
+@pytest.fixture
+def labeler(make_account: Callable[..., Account]) -> Account:
+    return make_account("labeler", "alice")
+
+
+def login(client: TestClient, username: str, password: str = PASSWORD) -> str:
+    """Log in through the form; returns the CSRF token of the new session."""
+    r = client.post("/login", data={"username": username, "password": password}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    page = client.get(r.headers["location"])
+    import re
+
+    m = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+    assert m, "page has no CSRF meta tag"
+    return m.group(1)

@@ -1,0 +1,1 @@
+"""rlhf-studio trainer: sampling and SFT / reward-model / PPO rounds (imports torch)."""
