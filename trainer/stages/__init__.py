@@ -1,0 +1,45 @@
+"""Training stages of a round (SFT, reward model, PPO, evaluation) as plain functions.
+
+No database code lives here: each stage takes models, a tokenizer, examples and a config,
+reports metrics through ``on_step(stage, step, metrics)``, stops when ``should_stop()``
+says so (raising :class:`Cancelled`), and returns a dict of float metrics. The worker
+wires them into jobs. See docs/training.md.
+"""
+
+from .common import Cancelled, StepCallback, build_chat_prompt, check_cancel, set_dropout_off
+from .evaluate import EvalParams, evaluate_policies
+from .ppo import PPOConfig, train_ppo
+from .reward import (
+    RankingExample,
+    RewardModel,
+    RMConfig,
+    normalize_reward_bias,
+    pairs_from_ranking,
+    reward_fn_from_model,
+    score,
+    train_reward_model,
+)
+from .sft import SFTConfig, SFTExample, train_sft
+
+__all__ = [
+    "Cancelled",
+    "EvalParams",
+    "PPOConfig",
+    "RMConfig",
+    "RankingExample",
+    "RewardModel",
+    "SFTConfig",
+    "SFTExample",
+    "StepCallback",
+    "build_chat_prompt",
+    "check_cancel",
+    "evaluate_policies",
+    "normalize_reward_bias",
+    "pairs_from_ranking",
+    "reward_fn_from_model",
+    "score",
+    "set_dropout_off",
+    "train_ppo",
+    "train_reward_model",
+    "train_sft",
+]

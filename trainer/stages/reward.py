@@ -1,0 +1,552 @@
+"""Stage 2: the reward model, trained on K-way rankings as in InstructGPT.
+
+A :class:`RewardModel` is a causal LM's decoder (``LlamaModel`` for a Llama policy, the
+LM head dropped) plus a scalar linear head. The score of a (prompt, response) pair is
+the head applied to the hidden state of the **last real token**, located from the
+attention mask. Responses end with EOS, so that token is the EOS the policy emits.
+The position is never found by searching for the pad id: SmolLM2's pad equals its EOS,
+and a head that looks for "the token before the first pad" scores the wrong token.
+
+Training batches hold whole rankings. Each of a ranking's K completions is encoded once
+(K sequences through the backbone), and the loss is the mean of
+``-log sigmoid(r_w - r_l)`` over all pairs the ranking implies, then the mean over the
+rankings of the batch. Choices:
+
+* ties (completions in the same best-first group) imply no pair: the loss has no
+  term that would push tied completions apart or together;
+* a ranking flagged ``all_unacceptable`` still orders its completions, so by default its
+  pairs are kept (``RMConfig.unacceptable="keep"``); ``"skip"`` drops such rankings;
+* a ranking that implies no pair (one group, or fewer than two completions) is skipped
+  and counted in ``rankings_skipped``.
+
+On-disk layout (:meth:`RewardModel.save`): the backbone in Hugging Face layout
+(``config.json`` + ``model.safetensors``, loadable by ``AutoModel``), the tokenizer,
+``score_head.safetensors`` (``weight [1, hidden]``, ``bias [1]``) and ``reward_model.json``
+(format marker, where scores are read, the normalisation offset).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import (
+    Message,
+    PromptLike,
+    StepCallback,
+    atomic_dir,
+    check_cancel,
+    emit,
+    encode_prompt_response,
+    get_accelerator,
+    lr_lambda,
+    maybe_gradient_checkpointing,
+    model_device,
+    pad_right,
+    pad_token_id,
+    position_ids_from_mask,
+    prompt_text,
+    seed_everything,
+    set_dropout_off,
+    shard,
+)
+
+logger = logging.getLogger(__name__)
+
+HEAD_FILE = "score_head.safetensors"
+META_FILE = "reward_model.json"
+FORMAT = "rlhf-studio-reward-model"
+
+
+class RewardModel(nn.Module):
+    """Decoder backbone + ``nn.Linear(hidden, 1)`` scalar head.
+
+    ``forward(input_ids, attention_mask) -> [B]`` scores at the last real token;
+    :meth:`token_scores` gives the head at every position (``[B, T]``), which is what the
+    PPO value function uses.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config
+        hidden = self.config.get_text_config().hidden_size
+        if head is None:
+            head = nn.Linear(hidden, 1)
+            # Small weights (lm-human-preferences / InstructGPT style) and a zero bias, so the
+            # untrained head starts near 0 and the bias only moves in normalisation.
+            nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden + 1))
+            nn.init.zeros_(head.bias)
+        # The head stays float32 (and runs outside autocast): the bias shift of
+        # normalisation and small score differences survive a bf16 backbone.
+        self.score_head = head.float()
+
+    # -- construction --------------------------------------------------------------
+
+    @classmethod
+    def from_causal_lm(cls, model: nn.Module, copy: bool = True) -> RewardModel:
+        """Build from a loaded causal LM (its decoder; ``copy=False`` shares the weights)."""
+        import copy as _copy
+
+        backbone = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, model.base_model_prefix)
+        if copy:
+            backbone = _copy.deepcopy(backbone)
+        return cls(backbone)
+
+    @classmethod
+    def from_policy_dir(cls, path: str | Path, dtype: torch.dtype | None = None, device=None) -> RewardModel:
+        """Build a fresh RM (random head, zero bias) from a policy directory in HF layout."""
+        from transformers import AutoModel
+
+        backbone = AutoModel.from_pretrained(str(path), dtype=dtype or torch.float32)
+        rm = cls(backbone)
+        return rm.to(device) if device is not None else rm
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: torch.dtype | None = None, device=None) -> RewardModel:
+        """Load a directory written by :meth:`save`."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        path = Path(path)
+        meta = json.loads((path / META_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an rlhf-studio reward model ({META_FILE} format={meta.get('format')!r})")
+        backbone = AutoModel.from_pretrained(str(path), dtype=dtype or torch.float32)
+        state = load_file(str(path / meta.get("head_file", HEAD_FILE)))
+        head = nn.Linear(state["weight"].shape[1], 1)
+        head.load_state_dict({k: v.float() for k, v in state.items()})
+        rm = cls(backbone, head)
+        return rm.to(device) if device is not None else rm
+
+    def save(self, path: str | Path, tokenizer=None, extra: dict[str, Any] | None = None) -> Path:
+        """Write the RM atomically (temp dir + rename) in the layout described above."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            self.backbone.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            head_state = {k: v.detach().contiguous().cpu() for k, v in self.score_head.state_dict().items()}
+            save_file(head_state, str(tmp / HEAD_FILE))
+            meta = {
+                "format": FORMAT,
+                "version": 1,
+                "head_file": HEAD_FILE,
+                "hidden_size": int(self.score_head.in_features),
+                "score_position": "last_real_token_by_attention_mask",
+                "response_suffix": "eos",
+                "bias": float(self.score_head.bias.detach().float().item()),
+                **(extra or {}),
+            }
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return path
+
+    # -- compute ---------------------------------------------------------------------
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
+    def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Head output at every position, ``[B, T]`` (float32)."""
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return self._head(hidden)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Score ``[B]`` read at the last position where ``attention_mask`` is 1."""
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        last = last_real_index(attention_mask)
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self._head(picked)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.score_head(hidden.float()).squeeze(-1)
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of the mask (works for left or right padding)."""
+    width = attention_mask.shape[1]
+    positions = torch.arange(width, device=attention_mask.device).unsqueeze(0)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+@dataclass
+class RankingExample:
+    """One labeler's ranking of K completions of a prompt.
+
+    ``ranking`` is best-first groups of indexes into ``completions``; a group of more
+    than one is a tie. ``all_unacceptable`` is the labeler's flag that every completion
+    was bad (they are still ordered).
+    """
+
+    prompt: str | None
+    messages: list[Message] | None
+    completions: list[str]
+    ranking: list[list[int]]
+    all_unacceptable: bool = False
+
+
+@dataclass
+class RMConfig:
+    """Hyper-parameters of the RM stage. ``mode="pairwise"`` exists for the benchmark."""
+
+    lr: float = 1e-5
+    epochs: int = 1
+    rankings_per_batch: int = 8
+    grad_accum: int = 1
+    max_length: int = 1024
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    lr_schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    eval_rankings_per_batch: int = 8
+    mode: str = "kway"  # "kway": K forwards per ranking; "pairwise": 2 per pair (benchmark only)
+    unacceptable: str = "keep"  # "keep" | "skip" for rankings flagged all_unacceptable
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pairs_from_ranking(ranking: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """Ordered ``(winner, loser)`` pairs a best-first grouped ranking implies.
+
+    Every member of an earlier group beats every member of each later group; members of
+    the same group (a tie) form no pair. ``[[0], [2, 1], [3]]`` gives
+    ``(0,2), (0,1), (0,3), (2,3), (1,3)``.
+    """
+    pairs: list[tuple[int, int]] = []
+    for gi, better in enumerate(ranking):
+        for worse in ranking[gi + 1 :]:
+            pairs.extend((w, l) for w in better for l in worse)
+    return pairs
+
+
+@dataclass
+class _EncodedRanking:
+    rows: list[list[int]]  # one token list per completion (K rows)
+    pairs: list[tuple[int, int]]
+
+
+def _encode_ranking(tokenizer, ex: RankingExample, max_length: int) -> _EncodedRanking:
+    text = prompt_text(tokenizer, ex)
+    rows = [encode_prompt_response(tokenizer, text, c, max_length)[0] for c in ex.completions]
+    return _EncodedRanking(rows=rows, pairs=pairs_from_ranking(ex.ranking))
+
+
+def _usable(ex: RankingExample, config: RMConfig) -> bool:
+    if ex.all_unacceptable and config.unacceptable == "skip":
+        return False
+    return len(pairs_from_ranking(ex.ranking)) > 0
+
+
+def ranking_batch(
+    encoded: Sequence[_EncodedRanking], pad_id: int, mode: str = "kway"
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Stack the rankings of a batch into one padded tensor.
+
+    ``kway``: each ranking contributes its K rows once. ``pairwise``: each pair contributes
+    its own two rows (the K(K-1) layout of a pairwise trainer). Returns ``(input_ids,
+    attention_mask, per-ranking (winner_rows, loser_rows) index tensors)``.
+    """
+    rows: list[list[int]] = []
+    groups: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for enc in encoded:
+        base = len(rows)
+        if mode == "kway":
+            rows.extend(enc.rows)
+            w = [base + a for a, _ in enc.pairs]
+            l = [base + b for _, b in enc.pairs]
+        elif mode == "pairwise":
+            w, l = [], []
+            for a, b in enc.pairs:
+                w.append(len(rows))
+                rows.append(enc.rows[a])
+                l.append(len(rows))
+                rows.append(enc.rows[b])
+        else:
+            raise ValueError(f"unknown RM batch mode {mode!r}")
+        groups.append((torch.tensor(w, dtype=torch.long), torch.tensor(l, dtype=torch.long)))
+    input_ids, attention_mask = pad_right(rows, pad_id)
+    return input_ids, attention_mask, groups
+
+
+def ranking_loss(
+    scores: torch.Tensor, groups: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """InstructGPT loss: per ranking the mean of -log sigmoid(r_w - r_l), then the mean.
+
+    Returns ``(loss, n_correct, n_pairs)``; a pair with equal scores counts half correct.
+    """
+    losses = []
+    correct = scores.new_zeros(())
+    n_pairs = 0
+    for w, l in groups:
+        diff = scores[w.to(scores.device)] - scores[l.to(scores.device)]
+        losses.append(-F.logsigmoid(diff).mean())
+        correct = correct + (diff > 0).float().sum() + 0.5 * (diff == 0).float().sum()
+        n_pairs += len(w)
+    return torch.stack(losses).mean(), correct.detach(), torch.tensor(float(n_pairs))
+
+
+@torch.no_grad()
+def evaluate_rankings(
+    rm: nn.Module, tokenizer, examples: Sequence[RankingExample], config: RMConfig, accelerator
+) -> dict[str, float]:
+    """Held-out pairwise accuracy (ties in score count half) and mean ranking loss."""
+    rm.eval()
+    pad_id = pad_token_id(tokenizer)
+    usable = [ex for ex in examples if _usable(ex, config)]
+    local = shard(usable, accelerator)
+    totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # correct, pairs, loss sum, rankings
+    for i in range(0, len(local), config.eval_rankings_per_batch):
+        enc = [_encode_ranking(tokenizer, ex, config.max_length) for ex in local[i : i + config.eval_rankings_per_batch]]
+        ids, mask, groups = ranking_batch(enc, pad_id, "kway")
+        with accelerator.autocast():
+            scores = rm(ids.to(accelerator.device), mask.to(accelerator.device))
+        loss, correct, n = ranking_loss(scores, groups)
+        totals += torch.tensor(
+            [float(correct), float(n), float(loss) * len(groups), len(groups)],
+            dtype=torch.float64,
+            device=accelerator.device,
+        )
+    totals = accelerator.reduce(totals, reduction="sum")
+    return {
+        "accuracy": float(totals[0] / totals[1].clamp(min=1)),
+        "loss": float(totals[2] / totals[3].clamp(min=1)),
+        "pairs": float(totals[1]),
+        "rankings": float(totals[3]),
+    }
+
+
+def train_reward_model(
+    rm: RewardModel,
+    tokenizer,
+    train: Sequence[RankingExample],
+    val: Sequence[RankingExample],
+    config: RMConfig | None = None,
+    accelerator=None,
+    on_step: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, float]:
+    """Train ``rm`` in place on rankings; returns metrics.
+
+    Metrics: ``train_loss`` (mean over the last epoch's batches), ``train_accuracy``,
+    ``val_accuracy_before`` / ``val_accuracy`` / ``val_loss`` (when ``val`` has usable
+    rankings), ``pairs``, ``rankings``, ``rankings_skipped``, ``forward_rows`` (sequences
+    encoded), ``comparisons_per_s``, ``steps``, ``seconds``.
+    """
+    config = config or RMConfig()
+    accelerator = get_accelerator(accelerator)
+    seed_everything(config.seed, accelerator)
+    set_dropout_off(rm)
+    maybe_gradient_checkpointing(rm, accelerator)
+    pad_id = pad_token_id(tokenizer)
+
+    usable = [ex for ex in train if _usable(ex, config)]
+    skipped = len(train) - len(usable)
+    if not usable:
+        raise ValueError("no training ranking implies a pair (all ties, single completions or skipped)")
+    encoded = [_encode_ranking(tokenizer, ex, config.max_length) for ex in usable]
+    order = list(range(len(encoded)))
+
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        order,
+        batch_size=config.rankings_per_batch,
+        shuffle=True,
+        collate_fn=lambda idx: ranking_batch([encoded[i] for i in idx], pad_id, config.mode),
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in rm.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=(0.9, 0.95),
+    )
+    accelerator.gradient_accumulation_steps = config.grad_accum
+    model, optimizer, loader = accelerator.prepare(rm, optimizer, loader)
+    total_steps = max(1, math.ceil(len(loader) / config.grad_accum) * config.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.lr_schedule),
+    )
+
+    metrics: dict[str, float] = {"rankings_skipped": float(skipped)}
+    val_usable = [ex for ex in val if _usable(ex, config)]
+    if val_usable:
+        before = evaluate_rankings(model, tokenizer, val_usable, config, accelerator)
+        metrics["val_accuracy_before"] = before["accuracy"]
+        emit(on_step, "reward", 0, {"val_accuracy": before["accuracy"], "val_loss": before["loss"]})
+
+    step = 0
+    rows_seen = pairs_seen = rankings_seen = 0
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        model.train()
+        epoch_stats = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss*n, n, correct, pairs
+        window = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+        for ids, mask, groups in loader:
+            check_cancel(should_stop)
+            with accelerator.accumulate(model):
+                scores = model(ids, mask)
+                loss, correct, n_pairs = ranking_loss(scores, groups)
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            rows_seen += ids.shape[0]
+            pairs_seen += int(n_pairs)
+            rankings_seen += len(groups)
+            stats = torch.tensor(
+                [float(loss) * len(groups), len(groups), float(correct), float(n_pairs)],
+                dtype=torch.float64,
+                device=accelerator.device,
+            )
+            epoch_stats += stats
+            window += stats
+            if accelerator.sync_gradients:
+                scheduler.step()
+                step += 1
+                w = accelerator.reduce(window.clone(), reduction="sum")
+                logged = {
+                    "loss": float(w[0] / w[1].clamp(min=1)),
+                    "accuracy": float(w[2] / w[3].clamp(min=1)),
+                    "lr": scheduler.get_last_lr()[0],
+                    "epoch": epoch + 1,
+                }
+                if grad_norm is not None:
+                    logged["grad_norm"] = float(grad_norm)
+                emit(on_step, "reward", step, logged)
+                window.zero_()
+    elapsed = time.perf_counter() - start
+
+    totals = accelerator.reduce(epoch_stats, reduction="sum")
+    metrics.update(
+        train_loss=float(totals[0] / totals[1].clamp(min=1)),
+        train_accuracy=float(totals[2] / totals[3].clamp(min=1)),
+        pairs=float(pairs_seen),
+        rankings=float(rankings_seen),
+        forward_rows=float(rows_seen),
+        comparisons_per_s=pairs_seen / max(elapsed, 1e-9),
+        steps=float(step),
+        seconds=elapsed,
+    )
+    if val_usable:
+        after = evaluate_rankings(model, tokenizer, val_usable, config, accelerator)
+        metrics.update(val_accuracy=after["accuracy"], val_loss=after["loss"], val_pairs=after["pairs"])
+        emit(on_step, "reward", step, {"val_accuracy": after["accuracy"], "val_loss": after["loss"]})
+    rm.eval()
+    logger.info("RM done: %s", metrics)
+    return metrics
+
+
+# ------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def score(
+    rm: RewardModel,
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 1024,
+) -> torch.Tensor:
+    """Scores ``[N]`` (float32, on CPU) of responses to **rendered** prompt texts.
+
+    ``prompts`` are the texts the policy saw (``build_chat_prompt`` output), exactly what
+    PPO hands to its ``reward_fn``. EOS is appended to each response, as in training.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError("prompts and responses differ in length")
+    was_training = rm.training
+    rm.eval()
+    device = model_device(rm)
+    pad_id = pad_token_id(tokenizer)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        rows = [
+            encode_prompt_response(tokenizer, p, r, max_length)[0]
+            for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])
+        ]
+        ids, mask = pad_right(rows, pad_id)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(rm(ids.to(device), mask.to(device)).float().cpu())
+    rm.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def reward_fn_from_model(
+    rm: RewardModel, tokenizer, batch_size: int = 16, max_length: int = 1024
+) -> Callable[[list[str], list[str]], torch.Tensor]:
+    """A PPO/evaluation ``reward_fn(prompt_texts, response_texts) -> Tensor`` over a frozen RM."""
+    rm.eval()
+    rm.requires_grad_(False)
+
+    def reward_fn(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return score(rm, tokenizer, prompts, responses, batch_size=batch_size, max_length=max_length)
+
+    return reward_fn
+
+
+@torch.no_grad()
+def normalize_reward_bias(
+    rm: RewardModel,
+    tokenizer,
+    examples: Sequence[tuple[PromptLike, str]],
+    batch_size: int = 16,
+    max_length: int = 1024,
+) -> float:
+    """Shift the head bias so ``examples`` (prompt, response) score mean 0; return the shift.
+
+    Use the demonstrations, or policy samples when there are none (InstructGPT). The
+    prompt may be any :data:`~trainer.stages.common.PromptLike` (plain text, messages, or
+    a ``(prompt, messages)`` tuple); it is rendered with the chat template here.
+    """
+    if not examples:
+        raise ValueError("normalisation needs at least one (prompt, response) example")
+    prompts = [prompt_text(tokenizer, p) for p, _ in examples]
+    responses = [r for _, r in examples]
+    mean = float(score(rm, tokenizer, prompts, responses, batch_size, max_length).double().mean())
+    offset = -mean
+    rm.score_head.bias.add_(offset)
+    logger.info("reward bias shifted by %.6f (mean score was %.6f)", offset, mean)
+    return offset
+
+
+def pick_examples(items: Sequence[Any], limit: int, seed: int = 0) -> list[Any]:
+    """A reproducible random subset of at most ``limit`` items (for normalisation sets)."""
+    items = list(items)
+    if len(items) <= limit:
+        return items
+    return random.Random(seed).sample(items, limit)

@@ -1,0 +1,232 @@
+"""Stage 1: supervised fine-tuning on demonstrations (loss on response tokens only).
+
+The prompt is rendered with the tokenizer's chat template (generation prompt included),
+the demonstration follows with EOS appended, and the labels are -100 on the prompt and on
+padding, so the model learns to answer and to stop, not to echo prompts. Dropout is off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .common import (
+    IGNORE_INDEX,
+    Message,
+    StepCallback,
+    check_cancel,
+    emit,
+    encode_prompt_response,
+    get_accelerator,
+    lr_lambda,
+    maybe_gradient_checkpointing,
+    pad_right,
+    pad_token_id,
+    prompt_text,
+    seed_everything,
+    set_dropout_off,
+    shard,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTExample:
+    """One demonstration: a prompt (plain text or chat ``messages``) and the response."""
+
+    prompt: str | None
+    messages: list[Message] | None
+    completion: str
+
+
+@dataclass
+class SFTConfig:
+    """Hyper-parameters of the SFT stage (InstructGPT: cosine decay; we keep dropout off)."""
+
+    lr: float = 2e-5
+    epochs: int = 1
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 1024
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    lr_schedule: str = "cosine"  # constant | linear | cosine
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 8
+    seed: int = 0
+
+
+def encode_sft_example(tokenizer, example: SFTExample, max_length: int) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` for one example; labels are -100 on the prompt tokens."""
+    text = prompt_text(tokenizer, example)
+    ids, n_prompt = encode_prompt_response(tokenizer, text, example.completion, max_length)
+    labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
+    return ids, labels
+
+
+def collate_sft(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padding gets label -100 (never trained, whatever the pad id is)."""
+    input_ids, attention_mask = pad_right([e[0] for e in encoded], pad_id)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for i, (_, lab) in enumerate(encoded):
+        labels[i, : len(lab)] = torch.as_tensor(lab, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def completion_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy on label positions; returns ``(loss, n_tokens)``.
+
+    ``reduction="sum"`` returns the summed loss (for exact token-weighted averages).
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    shift_logits = logits[:, :-1].float()
+    shift_labels = batch["labels"][:, 1:]
+    n_tokens = (shift_labels != IGNORE_INDEX).sum()
+    loss_sum = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    if reduction == "sum":
+        return loss_sum, n_tokens
+    return loss_sum / n_tokens.clamp(min=1), n_tokens
+
+
+@torch.no_grad()
+def evaluate_sft_loss(model, tokenizer, examples: Sequence[SFTExample], config: SFTConfig, accelerator) -> float:
+    """Token-weighted mean completion loss over ``examples`` (exact across processes)."""
+    model.eval()
+    pad_id = pad_token_id(tokenizer)
+    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    local = shard(list(examples), accelerator)
+    for i in range(0, len(local), config.eval_batch_size):
+        enc = [encode_sft_example(tokenizer, ex, config.max_length) for ex in local[i : i + config.eval_batch_size]]
+        batch = {k: v.to(accelerator.device) for k, v in collate_sft(enc, pad_id).items()}
+        with accelerator.autocast():
+            loss_sum, n = completion_loss(model, batch, reduction="sum")
+        total += torch.stack([loss_sum.double(), n.double()])
+    total = accelerator.reduce(total, reduction="sum")
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def train_sft(
+    model: nn.Module,
+    tokenizer,
+    train: Sequence[SFTExample],
+    val: Sequence[SFTExample],
+    config: SFTConfig | None = None,
+    accelerator=None,
+    on_step: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, float]:
+    """Fine-tune ``model`` (a causal LM, trained in place) on demonstrations.
+
+    Returns ``train_loss`` (token-weighted mean over the last epoch), ``val_loss_before``
+    and ``val_loss_after`` (only when ``val`` is non-empty), ``steps``, ``train_tokens``
+    (supervised tokens seen on this process), ``tokens_per_s`` (all tokens, prompt
+    included, per second on this process) and ``seconds``. The caller saves the model
+    (``accelerator.unwrap_model(model)`` is ``model`` itself outside DeepSpeed/FSDP).
+    """
+    config = config or SFTConfig()
+    if not train:
+        raise ValueError("SFT needs at least one training example")
+    accelerator = get_accelerator(accelerator)
+    seed_everything(config.seed, accelerator)
+    set_dropout_off(model)
+    maybe_gradient_checkpointing(model, accelerator)
+    pad_id = pad_token_id(tokenizer)
+
+    encoded = [encode_sft_example(tokenizer, ex, config.max_length) for ex in train]
+    loader = DataLoader(
+        encoded,
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=lambda b: collate_sft(b, pad_id),
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.95),
+    )
+    accelerator.gradient_accumulation_steps = config.grad_accum
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total_steps = max(1, math.ceil(len(loader) / config.grad_accum) * config.epochs)
+    # Stepped by hand only when the optimizer really steps (not prepared: no per-process scaling).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.lr_schedule),
+    )
+
+    metrics: dict[str, float] = {}
+    if val:
+        metrics["val_loss_before"] = evaluate_sft_loss(model, tokenizer, val, config, accelerator)
+        emit(on_step, "sft", 0, {"val_loss": metrics["val_loss_before"]})
+
+    step = 0
+    seen_tokens = 0
+    supervised_tokens = 0
+    start = time.perf_counter()
+    epoch_loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    window = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for epoch in range(config.epochs):
+        model.train()
+        epoch_loss.zero_()
+        for batch in loader:
+            check_cancel(should_stop)
+            with accelerator.accumulate(model):
+                loss, n_tok = completion_loss(model, batch)
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen_tokens += int(batch["attention_mask"].sum())
+            supervised_tokens += int(n_tok)
+            pair = torch.stack([loss.detach().double() * n_tok.double(), n_tok.double()])
+            epoch_loss += pair
+            window += pair
+            if accelerator.sync_gradients:
+                scheduler.step()
+                step += 1
+                window_avg = accelerator.reduce(window.clone(), reduction="sum")
+                logged = {
+                    "loss": float(window_avg[0] / window_avg[1].clamp(min=1)),
+                    "lr": scheduler.get_last_lr()[0],
+                    "epoch": epoch + 1,
+                }
+                if grad_norm is not None:
+                    logged["grad_norm"] = float(grad_norm)
+                emit(on_step, "sft", step, logged)
+                window.zero_()
+    elapsed = time.perf_counter() - start
+
+    epoch_total = accelerator.reduce(epoch_loss, reduction="sum")
+    metrics["train_loss"] = float(epoch_total[0] / epoch_total[1].clamp(min=1))
+    if val:
+        metrics["val_loss_after"] = evaluate_sft_loss(model, tokenizer, val, config, accelerator)
+        emit(on_step, "sft", step, {"val_loss": metrics["val_loss_after"]})
+    metrics.update(
+        steps=float(step),
+        train_tokens=float(supervised_tokens),
+        tokens_per_s=seen_tokens / max(elapsed, 1e-9),
+        seconds=elapsed,
+    )
+    model.eval()
+    logger.info("SFT done: %s", metrics)
+    return metrics
