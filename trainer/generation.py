@@ -1,0 +1,438 @@
+"""Batched sampling of K completions per prompt from a policy.
+
+One generator is built per policy (weights load once) and turns a list of
+:class:`GenRequest` into K :class:`GenResult` per request. Requests with equal
+:class:`SamplingParams` share batches: the rows of a batch are the K samples of each of
+several prompts, left-padded, and a batch is one ``model.generate`` call. A completion
+whose stripped text equals another completion of the same prompt is drawn again (a few
+bounded rounds) so labelers are not asked to rank duplicates.
+
+What ``GenResult.seed`` means, per backend:
+
+* transformers: the seed of the *batch* the completion was sampled in (the global torch
+  RNG is seeded with it inside :func:`torch.random.fork_rng` for one ``generate`` call).
+  ``batch_row`` is the completion's row in that batch. Re-running the same batch (same
+  prompts, same order, same sampling params and batch size) on the same hardware with that
+  seed reproduces it; a single row cannot be reproduced on its own, because all rows of a
+  batch draw from one RNG stream.
+* vLLM: the per-request seed of vLLM's ``SamplingParams(seed=...)``; ``batch_row`` is the
+  sample's index among the ``n`` samples of that request.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import os
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+FinishReason = Literal["eos", "length"]
+SEED_BITS = 31  # fits a signed 32-bit integer column and every backend's seed argument
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling parameters; ``temperature == 0`` means greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class GenRequest:
+    """K completions wanted for one prompt, given as raw text or as chat messages.
+
+    With ``messages`` the tokenizer's chat template is applied; with ``prompt`` the text is
+    sent as a single user turn when the tokenizer has a chat template, else as raw text.
+    """
+
+    key: Any
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    k: int = 1
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+
+@dataclass
+class GenResult:
+    """One sampled completion. See the module docstring for what ``seed`` means.
+
+    ``token_count`` counts generated tokens without padding and without the final EOS;
+    ``gen_time_s`` is this completion's share of its batch's wall time (batch time / rows).
+    """
+
+    key: Any
+    text: str
+    seed: int
+    token_count: int
+    finish_reason: FinishReason
+    gen_time_s: float
+    params: dict[str, Any]
+    batch_row: int = 0
+
+
+@dataclass(frozen=True)
+class Draw:
+    """A backend's raw sample, before it is assigned to a request's slot."""
+
+    text: str
+    token_count: int
+    finish_reason: FinishReason
+    seed: int
+    gen_time_s: float
+    batch_row: int
+
+
+@dataclass(frozen=True)
+class DrawJob:
+    """Draw ``n`` samples for one tokenized prompt."""
+
+    prompt_ids: tuple[int, ...]
+    n: int
+
+
+def build_prompt_text(tokenizer: Any, request: GenRequest) -> tuple[str, bool]:
+    """Return ``(text, templated)``: the chat-templated prompt, or the raw prompt text."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = request.messages or [{"role": "user", "content": request.prompt or ""}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, True
+    if request.messages is not None:
+        raise ValueError("request has chat messages but the tokenizer has no chat template")
+    return request.prompt or "", False
+
+
+def encode_prompt(tokenizer: Any, request: GenRequest, max_prompt_tokens: int | None = None) -> tuple[int, ...]:
+    """Token ids of a request's prompt, left-truncated to ``max_prompt_tokens`` if given.
+
+    A chat template already contains any BOS it wants, so special tokens are only added
+    for raw text.
+    """
+    text, templated = build_prompt_text(tokenizer, request)
+    ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
+    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+        logger.warning(
+            "prompt %r has %d tokens; keeping the last %d", request.key, len(ids), max_prompt_tokens
+        )
+        ids = ids[-max_prompt_tokens:]
+    if not ids:
+        raise ValueError(f"prompt {request.key!r} encodes to zero tokens")
+    return tuple(ids)
+
+
+def duplicate_slots(texts: Sequence[str | None]) -> list[int]:
+    """Indexes of texts whose stripped form already appeared earlier (``None`` skipped)."""
+    seen: set[str] = set()
+    duplicates = []
+    for index, text in enumerate(texts):
+        if text is None:
+            continue
+        norm = text.strip()
+        if norm in seen:
+            duplicates.append(index)
+        seen.add(norm)
+    return duplicates
+
+
+class BaseGenerator(abc.ABC):
+    """Shared request handling: grouping by params, K slots per request, redraw rounds."""
+
+    backend: str = "base"
+
+    def __init__(self, *, max_redraw_rounds: int = 3, seed: int | None = None) -> None:
+        self.max_redraw_rounds = max_redraw_rounds
+        self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8)))
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self) -> Any:
+        """The policy's tokenizer."""
+
+    @abc.abstractmethod
+    def _draw(self, jobs: Sequence[DrawJob], params: SamplingParams) -> list[list[Draw]]:
+        """Sample ``job.n`` completions for every job; one list of draws per job."""
+
+    def _max_prompt_tokens(self, params: SamplingParams) -> int | None:
+        return None
+
+    def next_seed(self) -> int:
+        return self._rng.getrandbits(SEED_BITS)
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """Sample ``request.k`` completions per request; results grouped in request order."""
+        by_params: dict[SamplingParams, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            by_params[request.params].append(index)
+        results: list[list[GenResult]] = [[] for _ in requests]
+        for params, indexes in by_params.items():
+            group = [requests[i] for i in indexes]
+            for index, group_results in zip(indexes, self._generate_group(group, params)):
+                results[index] = group_results
+        return [result for per_request in results for result in per_request]
+
+    def _generate_group(self, requests: list[GenRequest], params: SamplingParams) -> list[list[GenResult]]:
+        max_prompt = self._max_prompt_tokens(params)
+        prompt_ids = [encode_prompt(self.tokenizer, r, max_prompt) for r in requests]
+        if params.greedy:
+            return self._generate_greedy(requests, prompt_ids, params)
+        slots: list[list[Draw | None]] = [[None] * r.k for r in requests]
+        for round_index in range(self.max_redraw_rounds + 1):
+            missing = [[i for i, d in enumerate(s) if d is None] for s in slots]
+            if round_index > 0 and any(missing):
+                logger.info("redrawing %d duplicate completions (round %d)", sum(map(len, missing)), round_index)
+            self._fill(slots, missing, prompt_ids, params)
+            if round_index == self.max_redraw_rounds:
+                break
+            if not self._clear_duplicates(slots):
+                break
+        self._log_remaining_duplicates(requests, slots)
+        return [self._results(r, s, params) for r, s in zip(requests, slots)]
+
+    def _fill(
+        self,
+        slots: list[list[Draw | None]],
+        missing: list[list[int]],
+        prompt_ids: list[tuple[int, ...]],
+        params: SamplingParams,
+    ) -> None:
+        owners = [i for i, m in enumerate(missing) if m]
+        if not owners:
+            return
+        jobs = [DrawJob(prompt_ids[i], len(missing[i])) for i in owners]
+        for owner, draws in zip(owners, self._draw(jobs, params)):
+            for slot, draw in zip(missing[owner], draws):
+                slots[owner][slot] = draw
+
+    @staticmethod
+    def _clear_duplicates(slots: list[list[Draw | None]]) -> bool:
+        """Empty every slot that duplicates an earlier one; True when any was emptied."""
+        cleared = False
+        for request_slots in slots:
+            for index in duplicate_slots([d.text if d else None for d in request_slots]):
+                request_slots[index] = None
+                cleared = True
+        return cleared
+
+    @staticmethod
+    def _log_remaining_duplicates(requests: list[GenRequest], slots: list[list[Draw | None]]) -> None:
+        for request, request_slots in zip(requests, slots):
+            dups = duplicate_slots([d.text if d else None for d in request_slots])
+            if dups:
+                logger.warning(
+                    "prompt %r: %d completion(s) still duplicate after redraws; kept",
+                    request.key,
+                    len(dups),
+                )
+
+    def _generate_greedy(
+        self, requests: list[GenRequest], prompt_ids: list[tuple[int, ...]], params: SamplingParams
+    ) -> list[list[GenResult]]:
+        """Greedy decoding is deterministic: draw once per prompt and repeat it K times."""
+        if any(r.k > 1 for r in requests):
+            logger.warning("temperature 0 (greedy): the K completions of a prompt are identical")
+        draws = self._draw([DrawJob(ids, 1) for ids in prompt_ids], params)
+        return [self._results(r, d * r.k, params) for r, d in zip(requests, draws)]
+
+    def _results(self, request: GenRequest, draws: Sequence[Draw | None], params: SamplingParams) -> list[GenResult]:
+        record = {**params.to_dict(), "backend": self.backend}
+        return [
+            GenResult(
+                key=request.key,
+                text=d.text,
+                seed=d.seed,
+                token_count=d.token_count,
+                finish_reason=d.finish_reason,
+                gen_time_s=d.gen_time_s,
+                params=dict(record),
+                batch_row=d.batch_row,
+            )
+            for d in draws
+            if d is not None
+        ]
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class TransformersGenerator(BaseGenerator):
+    """Sampler on Hugging Face ``generate``: one call per batch of up to
+    ``max_batch_size`` sequences (the K samples of several prompts, left-padded)."""
+
+    backend = "transformers"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int = 32,
+        max_redraw_rounds: int = 3,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(max_redraw_rounds=max_redraw_rounds, seed=seed)
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        from trainer.policy_io import ensure_pad_token
+
+        self.model = model
+        self._tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.pad_id = ensure_pad_token(tokenizer, model)
+        self.eos_ids = self._eos_ids(model, tokenizer)
+        tokenizer.padding_side = "left"
+
+    @classmethod
+    def from_dir(
+        cls, path: str | os.PathLike[str], device: torch.device | str | None = None, **kwargs: Any
+    ) -> TransformersGenerator:
+        """Load the policy at ``path`` once and wrap it."""
+        from trainer.policy_io import load_policy
+
+        model, tokenizer = load_policy(Path(path), device=device)
+        return cls(model, tokenizer, **kwargs)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @staticmethod
+    def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+        ids: list[int] = []
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        for value in ([configured] if isinstance(configured, int) else configured or []):
+            ids.append(int(value))
+        if tokenizer.eos_token_id is not None:
+            ids.append(int(tokenizer.eos_token_id))
+        if not ids:
+            raise ValueError("the policy defines no EOS token; cannot tell when to stop")
+        return sorted(set(ids))
+
+    def _max_prompt_tokens(self, params: SamplingParams) -> int | None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        return None if limit is None else max(1, limit - params.max_new_tokens)
+
+    def _draw(self, jobs: Sequence[DrawJob], params: SamplingParams) -> list[list[Draw]]:
+        # Rows of similar prompt length share batches (less padding); a job's rows stay adjacent.
+        order = sorted(range(len(jobs)), key=lambda j: len(jobs[j].prompt_ids))
+        rows = [(j, jobs[j].prompt_ids) for j in order for _ in range(jobs[j].n)]
+        out: list[list[Draw]] = [[] for _ in jobs]
+        for batch in _chunks(rows, self.max_batch_size):
+            draws = self._generate_batch([ids for _, ids in batch], params)
+            for (job_index, _), draw in zip(batch, draws):
+                out[job_index].append(draw)
+        return out
+
+    def _left_pad(self, prompts: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids) :] = 1
+        return input_ids.to(self.model.device), attention.to(self.model.device)
+
+    def _sampling_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+        """Explicit values for everything that shapes the distribution, so a checkpoint's
+        generation_config (top_k=50 default, repetition_penalty, ...) cannot alter it."""
+        if params.greedy:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "repetition_penalty": 1.0}
+        return {
+            "do_sample": True,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": 0,
+            "repetition_penalty": 1.0,
+        }
+
+    def _generate_batch(self, prompts: Sequence[tuple[int, ...]], params: SamplingParams) -> list[Draw]:
+        input_ids, attention = self._left_pad(prompts)
+        seed = self.next_seed()
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        started = time.perf_counter()
+        with torch.inference_mode(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=params.max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                **self._sampling_kwargs(params),
+            )
+        elapsed = time.perf_counter() - started
+        generated = output[:, input_ids.shape[1] :].tolist()
+        share = elapsed / len(prompts)
+        return [self._to_draw(tokens, seed, share, row) for row, tokens in enumerate(generated)]
+
+    def _to_draw(self, tokens: list[int], seed: int, gen_time_s: float, row: int) -> Draw:
+        """Cut a generated row at its first EOS (everything after it is padding)."""
+        eos = set(self.eos_ids)
+        end = next((i for i, t in enumerate(tokens) if t in eos), None)
+        kept = tokens if end is None else tokens[:end]
+        return Draw(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True),
+            token_count=len(kept),
+            finish_reason="length" if end is None else "eos",
+            seed=seed,
+            gen_time_s=gen_time_s,
+            batch_row=row,
+        )
+
+
+def make_generator(
+    policy_dir: str | os.PathLike[str],
+    device: torch.device | str | None = None,
+    prefer_vllm: bool = True,
+    **kwargs: Any,
+) -> BaseGenerator:
+    """A generator for the policy at ``policy_dir``: vLLM when it imports and CUDA is
+    available (and ``prefer_vllm``), else transformers. ``kwargs`` go to the constructor
+    (``seed``, ``max_redraw_rounds``; ``max_batch_size`` for transformers only)."""
+    from trainer.device import pick_device
+    from trainer.policy_io import validate_policy_dir
+
+    validate_policy_dir(policy_dir)
+    device = torch.device(device) if device is not None else pick_device()
+    if prefer_vllm and device.type == "cuda":
+        from trainer.vllm_backend import VLLMGenerator, vllm_available
+
+        if vllm_available():
+            vllm_kwargs = {k: v for k, v in kwargs.items() if k != "max_batch_size"}
+            return VLLMGenerator(policy_dir, **vllm_kwargs)
+        logger.info("vLLM not installed; sampling with transformers")
+    return TransformersGenerator.from_dir(policy_dir, device=device, **kwargs)
