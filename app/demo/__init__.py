@@ -1,0 +1,1 @@
+"""The demo prompt set that `rlhf run` creates on first start."""
