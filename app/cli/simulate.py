@@ -1,9 +1,69 @@
-"""CLI commands (filled in by later issues)."""
+"""`rlhf simulate`: simulated labelers that drive the real HTTP API round after round."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from app.cli.context import console, err_console
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the rlhf app."""
+    @app.command()
+    def simulate(
+        prompt_set: Annotated[str, typer.Option("--prompt-set", help="name of the prompt set")],
+        token: Annotated[str, typer.Option(envvar="RLHF_TOKEN", help="an admin API token")],
+        url: Annotated[str, typer.Option(help="the running server")] = "http://127.0.0.1:8000",
+        labelers: Annotated[int, typer.Option(help="simulated labelers per round")] = 4,
+        rounds: Annotated[int, typer.Option(help="training rounds")] = 2,
+        preference: Annotated[str, typer.Option(help="concise, key_term, or module:function")] = "concise",
+        demonstrations: Annotated[int, typer.Option(help="demonstrations per round")] = 0,
+        flip_prob: Annotated[float, typer.Option(help="chance a labeler swaps two adjacent groups")] = 0.0,
+        config: Annotated[str, typer.Option(help="training round config as JSON")] = "{}",
+        out: Annotated[Path, typer.Option(help="directory for the CSV and the PNG plot")] = Path(
+            "data/simulation"
+        ),
+        seed: int = 0,
+    ) -> None:
+        """Label -> train -> deploy -> label again, with a scripted preference; prints a per-round table."""
+        from rich.table import Table
+
+        from app.simulation.loop import Simulation, SimulationConfig, table, write_csv, write_plot
+
+        try:
+            train_config = json.loads(config)
+        except json.JSONDecodeError as exc:
+            err_console.print(f"[red]error:[/red] --config is not valid JSON: {exc}")
+            raise typer.Exit(2) from exc
+        cfg = SimulationConfig(
+            url=url,
+            token=token,
+            prompt_set=prompt_set,
+            labelers=labelers,
+            rounds=rounds,
+            preference=preference,
+            demonstrations=demonstrations,
+            flip_prob=flip_prob,
+            seed=seed,
+            out_dir=out,
+            train_config=train_config,
+        )
+        try:
+            sim = Simulation(cfg, progress=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+            rows = sim.run()
+        except (ValueError, RuntimeError, TimeoutError) as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        header, *body = table(rows)
+        t = Table(title=f"simulated labelers, preference '{preference}' (validation prompts)")
+        for h in header:
+            t.add_column(h)
+        for r in body:
+            t.add_row(*r)
+        console.print(t)
+        csv_path = write_csv(rows, out / "simulation.csv")
+        png_path = write_plot(rows, out / "simulation.png", preference)
+        console.print(f"wrote {csv_path}" + (f" and {png_path}" if png_path else ""))

@@ -1,0 +1,1 @@
+"""Simulated labelers: scripted preferences that drive the real HTTP API (``rlhf simulate``)."""
