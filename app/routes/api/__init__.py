@@ -2,8 +2,18 @@
 
 from fastapi import APIRouter
 
-from app.routes.api import exports, health, policies, prompt_sets, stats, tasks, training, users
+from app.routes.api import (
+    completions,
+    exports,
+    health,
+    policies,
+    prompt_sets,
+    stats,
+    tasks,
+    training,
+    users,
+)
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (health, users, prompt_sets, tasks, exports, training, policies, stats):
+for module in (health, users, prompt_sets, tasks, exports, training, policies, stats, completions):
     api_router.include_router(module.router)
