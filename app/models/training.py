@@ -77,6 +77,8 @@ class Worker(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(64), default="idle")
     policy_id: Mapped[int | None] = mapped_column(Integer)
+    run_id: Mapped[int | None] = mapped_column(Integer)  # the training run it is working on
+    device: Mapped[str | None] = mapped_column(String(64))  # e.g. "cuda (NVIDIA H100)", "cpu"
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
