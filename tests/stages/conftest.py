@@ -13,6 +13,16 @@ from trainer.tiny import build_tiny_policy
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: the tiny model's ops are too small to gain from more, and
+    with a busy second core a 2-thread barrier makes every op wait (10x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny random Llama + BPE tokenizer (pad <|endoftext|> != eos <|im_end|>)."""

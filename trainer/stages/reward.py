@@ -428,7 +428,7 @@ def train_reward_model(
             pairs_seen += int(n_pairs)
             rankings_seen += len(groups)
             stats = torch.tensor(
-                [float(loss) * len(groups), len(groups), float(correct), float(n_pairs)],
+                [float(loss.detach()) * len(groups), len(groups), float(correct), float(n_pairs)],
                 dtype=torch.float64,
                 device=accelerator.device,
             )
