@@ -5,20 +5,18 @@ Tests of one area use these to set up the rows another area would normally creat
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import Completion, Policy, Prompt, PromptSet
+from app.services import prompt_sets
 
 
 def content_hash(text: str | None, messages: list[dict[str, str]] | None = None) -> str:
-    import json
-
-    payload = text if text is not None else json.dumps(messages, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    """The import service's hash (the single source), so factory prompts dedupe like imported ones."""
+    return prompt_sets.content_hash(text, messages)
 
 
 def make_prompt_set(db: Session, name: str = "set", *, k: int = 4, overlap: int = 1, **kw) -> PromptSet:

@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from app.routes.api import (
+    audit,
     completions,
     exports,
     health,
@@ -15,5 +16,5 @@ from app.routes.api import (
 )
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (health, users, prompt_sets, tasks, exports, training, policies, stats, completions):
+for module in (health, users, prompt_sets, tasks, exports, training, policies, stats, completions, audit):
     api_router.include_router(module.router)
