@@ -1,5 +1,191 @@
+"""Labeling API: claim tasks with leases, submit rankings and demonstrations, skip, undo.
+
+Every write runs in :func:`app.services.tasks.transact`, which commits before the
+response and retries on serialization failures, deadlocks and a busy SQLite database.
+"""
+
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from app.config import Settings
+from app.deps import DB, ApiUser
+from app.models import Demonstration, Ranking
+from app.schemas.tasks import (
+    DemonstrationIn,
+    DemonstrationOut,
+    NextTaskIn,
+    ProgressOut,
+    RankingIn,
+    RankingOut,
+    SkipIn,
+    TaskOut,
+    TaskStatusOut,
+)
+from app.services import submissions, tasks
+from app.services.submissions import undo_deadline
 
 router = APIRouter(tags=["tasks"])
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _ranking_out(row: Ranking, settings: Settings) -> RankingOut:
+    return RankingOut.model_validate(
+        {
+            **{c: getattr(row, c) for c in RankingOut.model_fields if c != "undo_until"},
+            "undo_until": undo_deadline(row.created_at, settings.undo_window_minutes),
+        }
+    )
+
+
+def _demonstration_out(row: Demonstration, settings: Settings) -> DemonstrationOut:
+    return DemonstrationOut.model_validate(
+        {
+            **{c: getattr(row, c) for c in DemonstrationOut.model_fields if c != "undo_until"},
+            "undo_until": undo_deadline(row.created_at, settings.undo_window_minutes),
+        }
+    )
+
+
+@router.post(
+    "/tasks/next",
+    response_model=TaskOut,
+    responses={204: {"description": "nothing is left for this labeler in this set"}},
+)
+def next_task(body: NextTaskIn, request: Request, db: DB, principal: ApiUser) -> Any:
+    """The caller's task in a prompt set: the live lease they hold, else a newly claimed one."""
+    settings = _settings(request)
+
+    def claim() -> dict[str, Any] | None:
+        task = tasks.next_task(
+            db,
+            principal.user,
+            body.prompt_set_id,
+            body.kind,
+            lease_minutes=settings.lease_minutes,
+            gold_rate=settings.gold_rate,
+        )
+        return None if task is None else tasks.task_view(db, task)
+
+    view = tasks.transact(db, claim)
+    if view is None:
+        return Response(status_code=204)
+    return TaskOut.model_validate(view)
+
+
+@router.get("/tasks/progress", response_model=ProgressOut)
+def my_progress(prompt_set_id: int, db: DB, principal: ApiUser) -> ProgressOut:
+    """The caller's own counts in a set and what is left for them (for the empty state)."""
+    ps = tasks.get_prompt_set(db, prompt_set_id)
+    return ProgressOut.model_validate(vars(tasks.progress(db, principal.user, ps)))
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut)
+def get_task(task_id: int, db: DB, principal: ApiUser) -> TaskOut:
+    task = tasks.own_task(db, task_id, principal.user)
+    return TaskOut.model_validate(tasks.task_view(db, task))
+
+
+@router.post("/tasks/{task_id}/renew", response_model=TaskOut)
+def renew(task_id: int, request: Request, db: DB, principal: ApiUser) -> TaskOut:
+    """Extend the lease of the caller's task while they work on it."""
+    settings = _settings(request)
+
+    def work() -> dict[str, Any]:
+        task = tasks.renew_lease(db, task_id, principal.user, lease_minutes=settings.lease_minutes)
+        return tasks.task_view(db, task)
+
+    return TaskOut.model_validate(tasks.transact(db, work))
+
+
+@router.post(
+    "/tasks/{task_id}/ranking",
+    response_model=RankingOut,
+    status_code=201,
+    responses={200: {"description": "the identical ranking was already stored", "model": RankingOut}},
+)
+def submit_ranking(
+    task_id: int, body: RankingIn, request: Request, response: Response, db: DB, principal: ApiUser
+) -> RankingOut:
+    settings = _settings(request)
+
+    def work() -> tuple[RankingOut, bool]:
+        row, created = submissions.submit_ranking(
+            db,
+            task_id,
+            principal.user,
+            ranking=body.ranking,
+            ratings={k: v.model_dump() for k, v in body.ratings.items()},
+            all_unacceptable=body.all_unacceptable,
+            comment=body.comment,
+            time_spent_s=body.time_spent_s,
+        )
+        return _ranking_out(row, settings), created
+
+    out, created = tasks.transact(db, work)
+    if not created:
+        response.status_code = 200
+    return out
+
+
+@router.post(
+    "/tasks/{task_id}/demonstration",
+    response_model=DemonstrationOut,
+    status_code=201,
+    responses={200: {"description": "the identical demonstration was already stored", "model": DemonstrationOut}},
+)
+def submit_demonstration(
+    task_id: int, body: DemonstrationIn, request: Request, response: Response, db: DB, principal: ApiUser
+) -> DemonstrationOut:
+    settings = _settings(request)
+
+    def work() -> tuple[DemonstrationOut, bool]:
+        row, created = submissions.submit_demonstration(
+            db,
+            task_id,
+            principal.user,
+            text=body.text,
+            max_chars=settings.max_demonstration_chars,
+            time_spent_s=body.time_spent_s,
+        )
+        return _demonstration_out(row, settings), created
+
+    out, created = tasks.transact(db, work)
+    if not created:
+        response.status_code = 200
+    return out
+
+
+@router.post("/tasks/{task_id}/skip", response_model=TaskStatusOut)
+def skip(task_id: int, db: DB, principal: ApiUser, body: SkipIn | None = None) -> TaskStatusOut:
+    """Give the task back (optionally saying why); this labeler does not get the prompt again."""
+
+    def work() -> TaskStatusOut:
+        task = submissions.skip_task(db, task_id, principal.user, reason=(body or SkipIn()).reason)
+        return TaskStatusOut.model_validate(task)
+
+    return tasks.transact(db, work)
+
+
+@router.post("/tasks/{task_id}/undo", response_model=TaskOut)
+def undo(task_id: int, request: Request, db: DB, principal: ApiUser) -> TaskOut:
+    """Take back the caller's last submission within the undo window; the task is theirs
+    again with a fresh lease, and ``previous`` holds the answer that was taken back."""
+    settings = _settings(request)
+
+    def work() -> dict[str, Any]:
+        task, previous = submissions.undo_submission(
+            db,
+            task_id,
+            principal.user,
+            window_minutes=settings.undo_window_minutes,
+            lease_minutes=settings.lease_minutes,
+        )
+        return {**tasks.task_view(db, task), "previous": previous}
+
+    return TaskOut.model_validate(tasks.transact(db, work))

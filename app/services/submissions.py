@@ -1,0 +1,329 @@
+"""Submissions on tasks: rankings, demonstrations, skips, and undo.
+
+Every function takes the task's row lock first (PostgreSQL; on SQLite the caller's
+:func:`app.services.tasks.transact` holds the write lock), so a double submit is
+serialised: the second one finds the first one's row.
+
+Idempotency: a submission stores the SHA-256 of its canonical payload. Sending the
+identical payload again returns the stored row (``created`` False, HTTP 200); a different
+payload on a submitted task is a Conflict unless the labeler undoes it first. The time
+spent is metadata and not part of the hash, so a retried request that measured a slightly
+different time is still the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from app.models import FLAGS, Demonstration, Ranking, Task, User
+from app.models.base import utcnow
+from app.services.errors import Conflict, Invalid
+from app.services.tasks import lease_is_live, own_task, relet_expired
+
+LIKERT_MIN, LIKERT_MAX = 1, 7
+MAX_COMMENT_CHARS = 5000
+MAX_SKIP_REASON_CHARS = 1000
+MAX_TIME_SPENT_S = 7 * 24 * 3600
+
+
+def _hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+def validate_ranking(task: Task, ranking: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Best-first groups covering exactly the task's completion ids, each once."""
+    expected = list(task.completion_ids or [])
+    if not ranking:
+        raise Invalid(f"ranking is empty; rank all {len(expected)} completions of task {task.id}")
+    seen: list[int] = []
+    for i, group in enumerate(ranking, start=1):
+        if not group:
+            raise Invalid(f"ranking group {i} is empty; every group needs at least one completion id")
+        seen.extend(int(c) for c in group)
+    duplicates = sorted({c for c in seen if seen.count(c) > 1})
+    if duplicates:
+        raise Invalid(f"completion {_ids(duplicates)} appears more than once in the ranking")
+    unknown = [c for c in seen if c not in expected]
+    if unknown:
+        raise Invalid(
+            f"completion {_ids(unknown)} is not one of task {task.id}'s completions ({_ids(expected)})"
+        )
+    missing = [c for c in expected if c not in seen]
+    if missing:
+        raise Invalid(f"the ranking leaves out completion {_ids(missing)}; rank all {len(expected)} completions")
+    return [sorted(int(c) for c in group) for group in ranking]
+
+
+def validate_ratings(task: Task, ratings: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-completion Likert 1-7 (optional) and flags from app.models.FLAGS."""
+    clean: dict[str, dict[str, Any]] = {}
+    expected = set(task.completion_ids or [])
+    for key, rating in ratings.items():
+        try:
+            cid = int(key)
+        except (TypeError, ValueError):
+            raise Invalid(f"ratings key {key!r} is not a completion id") from None
+        if cid not in expected:
+            raise Invalid(f"ratings name completion {cid}, which is not one of task {task.id}'s completions")
+        likert = rating.get("likert")
+        if likert is not None and (
+            isinstance(likert, bool) or not isinstance(likert, int) or not LIKERT_MIN <= likert <= LIKERT_MAX
+        ):
+            raise Invalid(
+                f"likert for completion {cid} must be an integer from {LIKERT_MIN} to {LIKERT_MAX}, not {likert!r}"
+            )
+        flags = list(rating.get("flags") or [])
+        for flag in flags:
+            if flag not in FLAGS:
+                raise Invalid(f"unknown flag {flag!r} for completion {cid}; known flags: {', '.join(FLAGS)}")
+        if likert is None and not flags:
+            continue
+        clean[str(cid)] = {"likert": likert, "flags": sorted(set(flags), key=FLAGS.index)}
+    return dict(sorted(clean.items(), key=lambda kv: int(kv[0])))
+
+
+def _time_spent(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not 0 <= value <= MAX_TIME_SPENT_S:
+        raise Invalid(f"time_spent_s must be between 0 and {MAX_TIME_SPENT_S} seconds, not {value}")
+    return float(value)
+
+
+# --- shared task checks -------------------------------------------------------------
+
+
+def _check_kind(task: Task, kind: str) -> None:
+    if task.kind != kind:
+        what = "a ranking" if task.kind == "rank" else "a demonstration"
+        raise Invalid(f"task {task.id} is a {task.kind} task; it takes {what}")
+
+
+def _check_open(db: Session, task: Task, now: datetime) -> None:
+    """The task can take a first submission now: not skipped or requeued, and either its
+    lease is live or (expired) its slot is still free."""
+    if task.status == "skipped":
+        raise Conflict(f"task {task.id} was skipped; ask for a new task")
+    if task.status == "requeued":
+        raise Conflict(f"task {task.id} was sent back by an admin; ask for a new task")
+    if task.status == "submitted":
+        raise Conflict(f"task {task.id} is already submitted")
+    if not lease_is_live(task, now):
+        relet_expired(db, task, now)
+
+
+def undo_deadline(created_at: datetime, window_minutes: float) -> datetime:
+    return created_at + timedelta(minutes=window_minutes)
+
+
+# --- rankings -----------------------------------------------------------------------
+
+
+def submit_ranking(
+    db: Session,
+    task_id: int,
+    user: User,
+    *,
+    ranking: Sequence[Sequence[int]],
+    ratings: Mapping[str, Mapping[str, Any]] | None = None,
+    all_unacceptable: bool = False,
+    comment: str = "",
+    time_spent_s: float | None = None,
+    now: datetime | None = None,
+) -> tuple[Ranking, bool]:
+    """Store the labeler's ranking of a rank task. Returns (row, created).
+
+    ``ranking`` is best-first groups of completion ids (ties allowed, order inside a group
+    does not matter); ``ratings`` maps completion ids to ``{"likert": 1-7, "flags": [...]}``.
+    Run it inside :func:`app.services.tasks.transact`.
+    """
+    now = now or utcnow()
+    task = own_task(db, task_id, user, lock=True)
+    _check_kind(task, "rank")
+    groups = validate_ranking(task, ranking)
+    clean_ratings = validate_ratings(task, ratings or {})
+    comment = (comment or "").strip()
+    if len(comment) > MAX_COMMENT_CHARS:
+        raise Invalid(f"comment is too long ({len(comment)} characters; at most {MAX_COMMENT_CHARS})")
+    spent = _time_spent(time_spent_s)
+    payload_hash = _hash(
+        {"ranking": groups, "ratings": clean_ratings, "all_unacceptable": bool(all_unacceptable), "comment": comment}
+    )
+    existing = db.scalar(select(Ranking).where(Ranking.task_id == task.id))
+    if existing is not None and task.status == "submitted":
+        if existing.payload_hash == payload_hash:
+            return existing, False
+        raise Conflict(
+            f"task {task.id} already has a different ranking; undo it first to change it"
+        )
+    _check_open(db, task, now)
+    if existing is not None:  # a leftover of a requeue that was undone elsewhere: replace it
+        db.delete(existing)
+        db.flush()
+    row = Ranking(
+        task_id=task.id,
+        prompt_id=task.prompt_id,
+        labeler_id=user.id,
+        ranking=groups,
+        ratings=clean_ratings,
+        all_unacceptable=bool(all_unacceptable),
+        comment=comment,
+        time_spent_s=spent,
+        payload_hash=payload_hash,
+        status="active",
+        created_at=now,
+    )
+    db.add(row)
+    task.status = "submitted"
+    task.submitted_at = now
+    db.flush()
+    return row, True
+
+
+# --- demonstrations -----------------------------------------------------------------
+
+
+def submit_demonstration(
+    db: Session,
+    task_id: int,
+    user: User,
+    *,
+    text: str,
+    max_chars: int,
+    time_spent_s: float | None = None,
+    now: datetime | None = None,
+) -> tuple[Demonstration, bool]:
+    """Store the labeler's written response for a demonstrate task. Returns (row, created)."""
+    now = now or utcnow()
+    task = own_task(db, task_id, user, lock=True)
+    _check_kind(task, "demonstrate")
+    body = (text or "").replace("\r\n", "\n").strip()
+    if not body:
+        raise Invalid("the demonstration is empty; write the response you would want the assistant to give")
+    if len(body) > max_chars:
+        raise Invalid(f"the demonstration is too long ({len(body)} characters; at most {max_chars})")
+    spent = _time_spent(time_spent_s)
+    payload_hash = _hash({"text": body})
+    existing = db.scalar(select(Demonstration).where(Demonstration.task_id == task.id))
+    if existing is not None and task.status == "submitted":
+        if existing.payload_hash == payload_hash:
+            return existing, False
+        raise Conflict(f"task {task.id} already has a different demonstration; undo it first to change it")
+    _check_open(db, task, now)
+    if existing is not None:
+        db.delete(existing)
+        db.flush()
+    row = Demonstration(
+        task_id=task.id,
+        prompt_id=task.prompt_id,
+        labeler_id=user.id,
+        text=body,
+        time_spent_s=spent,
+        payload_hash=payload_hash,
+        status="active",
+        created_at=now,
+    )
+    db.add(row)
+    task.status = "submitted"
+    task.submitted_at = now
+    db.flush()
+    return row, True
+
+
+# --- skip ---------------------------------------------------------------------------
+
+
+def skip_task(db: Session, task_id: int, user: User, *, reason: str | None = None) -> Task:
+    """Give a task back without an answer. The slot frees at once and this labeler does not
+    get the prompt again. Skipping a skipped task again is a no-op."""
+    task = own_task(db, task_id, user, lock=True)
+    if task.status == "skipped":
+        return task
+    if task.status == "submitted":
+        raise Conflict(f"task {task.id} is already submitted; undo the submission first to skip it")
+    if task.status == "requeued":
+        raise Conflict(f"task {task.id} was sent back by an admin; there is nothing to skip")
+    reason = (reason or "").strip()
+    if len(reason) > MAX_SKIP_REASON_CHARS:
+        raise Invalid(f"skip reason is too long ({len(reason)} characters; at most {MAX_SKIP_REASON_CHARS})")
+    task.status = "skipped"
+    task.skip_reason = reason or None
+    db.flush()
+    return task
+
+
+# --- undo ---------------------------------------------------------------------------
+
+
+def undo_submission(
+    db: Session,
+    task_id: int,
+    user: User,
+    *,
+    window_minutes: float,
+    lease_minutes: float,
+    now: datetime | None = None,
+) -> tuple[Task, dict[str, Any]]:
+    """Take back the labeler's own last submission within the undo window.
+
+    Deletes the Ranking/Demonstration row and puts the task back to ``leased`` with a fresh
+    lease (its slot never freed, so nobody else can have taken it). Returns the task and
+    the answer that was taken back, so the page can offer it for redoing.
+    """
+    now = now or utcnow()
+    task = own_task(db, task_id, user, lock=True)
+    if task.status == "requeued":
+        raise Conflict(f"task {task.id} was sent back by an admin; it cannot be undone")
+    if task.status != "submitted" or task.submitted_at is None:
+        raise Conflict(f"task {task.id} has no submission to undo (it is {task.status})")
+    last = db.scalar(
+        select(Task.id)
+        .where(Task.labeler_id == user.id, Task.status == "submitted")
+        .order_by(Task.submitted_at.desc(), Task.id.desc())
+        .limit(1)
+    )
+    if last != task.id:
+        raise Conflict(f"only your last submission can be undone; task {last} came after task {task.id}")
+    deadline = undo_deadline(task.submitted_at, window_minutes)
+    if now > deadline:
+        raise Conflict(
+            f"the undo window of {window_minutes:g} minutes for task {task.id} closed at {deadline:%H:%M:%S} UTC"
+        )
+    previous: dict[str, Any]
+    if task.kind == "rank":
+        row = db.scalar(select(Ranking).where(Ranking.task_id == task.id))
+        previous = (
+            {
+                "ranking": row.ranking,
+                "ratings": row.ratings,
+                "all_unacceptable": row.all_unacceptable,
+                "comment": row.comment,
+                "time_spent_s": row.time_spent_s,
+            }
+            if row
+            else {}
+        )
+        db.execute(delete(Ranking).where(Ranking.task_id == task.id))
+    else:
+        demo = db.scalar(select(Demonstration).where(Demonstration.task_id == task.id))
+        previous = {"text": demo.text, "time_spent_s": demo.time_spent_s} if demo else {}
+        db.execute(delete(Demonstration).where(Demonstration.task_id == task.id))
+    task.status = "leased"
+    task.submitted_at = None
+    task.lease_expires_at = now + timedelta(minutes=lease_minutes)
+    db.flush()
+    return task, previous
