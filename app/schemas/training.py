@@ -1,0 +1,83 @@
+"""API shapes of training rounds, their metrics and logs, and workers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Stage = Literal["sft", "rm", "ppo"]
+
+
+class RoundCreate(BaseModel):
+    prompt_set_ids: list[int] = Field(min_length=1, description="the sets whose data the round trains on")
+    stages: list[Stage] | None = Field(default=None, description="default: sft, rm, ppo")
+    deploy: bool = Field(default=False, description="deploy the new policy when the round succeeds")
+    config: dict[str, Any] | None = Field(default=None, description="see GET /training/config")
+
+
+class RoundCreated(BaseModel):
+    run_id: int
+
+
+class RunOut(BaseModel):
+    id: int
+    kind: str
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    stage: str | None = None
+    progress: float
+    metrics: dict[str, Any]
+    policy_id: int | None = None
+    error: str | None = None
+    prompt_set_ids: list[int]
+    stages: list[str]
+    deploy: bool
+    config: dict[str, Any]
+    snapshot: dict[str, Any] = Field(description="counts and sha256 of the data the run trains on")
+    attempts: int
+    cancel_requested: bool
+    worker_id: str | None = None
+    base_policy_id: int | None = None
+    created_by_id: int | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+
+
+class MetricSeries(BaseModel):
+    series: dict[str, list[tuple[int, float]]] = Field(
+        description='"stage/name" -> [[step, value], ...], e.g. "sft/loss", "rm/accuracy", "ppo/kl"'
+    )
+
+
+class RunLogOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    level: str
+    message: str
+    created_at: datetime
+
+
+class ConfigKeyOut(BaseModel):
+    name: str
+    default: Any
+    type: str
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: list[str] | None = None
+
+
+class WorkerOut(BaseModel):
+    id: str
+    hostname: str
+    status: str
+    alive: bool
+    device: str | None = None
+    policy_id: int | None = None
+    run_id: int | None = None
+    started_at: datetime
+    last_seen_at: datetime

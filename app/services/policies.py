@@ -1,0 +1,350 @@
+"""The policy registry (versions, deploy, failures), reward models, and the sampler's queries.
+
+A policy is a Hugging Face directory under the artifacts dir (``policies/vN``, stored
+relative to it). At most one policy is deployed (a partial unique index enforces it);
+the sampler serves the deployed one. A policy the sampler cannot load is marked
+``failed`` with the error and cannot be deployed again until fixed.
+
+The sampling half of this module answers "which prompts need completions from the
+deployed policy" (keeping a bounded buffer of labelable prompts per active set) and
+writes the completions; the trainer's sampler (trainer/sampler.py) calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.models import Completion, Policy, Prompt, PromptSet, RewardModel, Task, User
+from app.models.base import utcnow
+from app.services import audit
+from app.services.errors import Conflict, Invalid, NotFound
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _is_postgres(db: Session) -> bool:
+    return db.get_bind().dialect.name == "postgresql"
+
+
+# ---------------------------------------------------------------------- registry
+
+
+def list_policies(db: Session) -> list[Policy]:
+    """Every policy, newest version first."""
+    return list(db.scalars(select(Policy).order_by(Policy.version.desc())))
+
+
+def get_policy(db: Session, policy_id: int) -> Policy:
+    policy = db.get(Policy, policy_id)
+    if policy is None:
+        raise NotFound(f"policy {policy_id} does not exist")
+    return policy
+
+
+def get_by_version(db: Session, version: int) -> Policy | None:
+    return db.scalar(select(Policy).where(Policy.version == version))
+
+
+def find_policy(db: Session, ref: str) -> Policy:
+    """A policy by id (``"3"``) or by version (``"v3"``)."""
+    ref = ref.strip()
+    if ref[:1] in ("v", "V") and ref[1:].isdigit():
+        policy = get_by_version(db, int(ref[1:]))
+        if policy is None:
+            raise NotFound(f"no policy version {ref}")
+        return policy
+    if not ref.isdigit():
+        raise Invalid(f"{ref!r} is neither a policy id nor a version like v3")
+    return get_policy(db, int(ref))
+
+
+def deployed_policy(db: Session) -> Policy | None:
+    return db.scalar(select(Policy).where(Policy.deployed.is_(True)))
+
+
+def max_version(db: Session) -> int | None:
+    return db.scalar(select(func.max(Policy.version)))
+
+
+def register_policy(
+    db: Session,
+    *,
+    version: int,
+    artifact_path: str,
+    parent_id: int | None = None,
+    metrics: dict[str, Any] | None = None,
+    base: str = "",
+    training_run_id: int | None = None,
+) -> Policy:
+    """Add a ready (not deployed) policy row for a checkpoint that is already complete on disk."""
+    if get_by_version(db, version) is not None:
+        raise Conflict(f"policy version v{version} is already registered")
+    policy = Policy(
+        version=version,
+        artifact_path=artifact_path,
+        parent_id=parent_id,
+        metrics=metrics or {},
+        base=base,
+        training_run_id=training_run_id,
+        status="ready",
+        deployed=False,
+    )
+    db.add(policy)
+    db.flush()
+    return policy
+
+
+def deploy_policy(db: Session, actor: User | None, policy_id: int, *, reason: str | None = None) -> Policy:
+    """Make ``policy_id`` the deployed policy (the sampler switches to it within seconds).
+
+    Deploying the deployed policy is a no-op. A failed or retired policy cannot be deployed.
+    """
+    policy = get_policy(db, policy_id)
+    if policy.status != "ready":
+        detail = f": {policy.error}" if policy.error else ""
+        raise Conflict(f"policy v{policy.version} is {policy.status} and cannot be deployed{detail}")
+    if policy.deployed:
+        return policy
+    current_q = select(Policy).where(Policy.deployed.is_(True))
+    if _is_postgres(db):
+        current_q = current_q.with_for_update()
+    previous = db.scalar(current_q)
+    try:
+        with db.begin_nested():
+            if previous is not None:
+                previous.deployed = False
+                db.flush()
+            policy.deployed = True
+            policy.deployed_at = utcnow()
+            db.flush()
+    except IntegrityError as exc:
+        raise Conflict("another policy was deployed at the same moment; try again") from exc
+    audit.record(
+        db,
+        actor,
+        "policy.deploy",
+        "policy",
+        policy.id,
+        version=policy.version,
+        previous_id=previous.id if previous else None,
+        **({"reason": reason} if reason else {}),
+    )
+    return policy
+
+
+def retire_policy(db: Session, actor: User | None, policy_id: int) -> Policy:
+    """Mark a policy retired (kept on disk, never deployed again). The deployed one cannot be."""
+    policy = get_policy(db, policy_id)
+    if policy.deployed:
+        raise Conflict(f"policy v{policy.version} is deployed; deploy another one first")
+    policy.status = "retired"
+    audit.record(db, actor, "policy.retire", "policy", policy.id, version=policy.version)
+    db.flush()
+    return policy
+
+
+def mark_failed(db: Session, policy_id: int, error: str) -> Policy:
+    """Record that a policy cannot be loaded (the sampler reports this; no actor)."""
+    policy = get_policy(db, policy_id)
+    policy.status = "failed"
+    policy.error = error[:4000]
+    db.flush()
+    return policy
+
+
+# ---------------------------------------------------------------- reward models
+
+
+def max_reward_model_version(db: Session) -> int | None:
+    return db.scalar(select(func.max(RewardModel.version)))
+
+
+def register_reward_model(
+    db: Session,
+    *,
+    version: int,
+    artifact_path: str,
+    training_run_id: int | None,
+    metrics: dict[str, Any] | None = None,
+) -> RewardModel:
+    rm = RewardModel(
+        version=version, artifact_path=artifact_path, training_run_id=training_run_id, metrics=metrics or {}
+    )
+    db.add(rm)
+    db.flush()
+    return rm
+
+
+def latest_reward_model(db: Session) -> RewardModel | None:
+    return db.scalar(select(RewardModel).order_by(RewardModel.version.desc()).limit(1))
+
+
+def list_reward_models(db: Session) -> list[RewardModel]:
+    return list(db.scalars(select(RewardModel).order_by(RewardModel.version.desc())))
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+@dataclass
+class SetPlan:
+    """What one active prompt set needs from the sampler right now."""
+
+    prompt_set: PromptSet
+    buffer: int  # labelable prompts that already have K ready completions of the policy
+    target: int  # settings.buffer_prompts
+    prompts: list[tuple[Prompt, int]]  # (prompt, completions it still needs), at most the shortfall
+
+    @property
+    def fill(self) -> float:
+        return self.buffer / self.target if self.target else 1.0
+
+
+def _rank_slots_used(now: datetime):  # type: ignore[no-untyped-def]
+    """Per prompt: rank slots taken (a submitted task, or a leased one whose lease is live),
+    the same accounting the task service uses against ``overlap``."""
+    return (
+        select(Task.prompt_id, func.count(Task.id).label("n"))
+        .where(
+            Task.kind == "rank",
+            or_(Task.status == "submitted", and_(Task.status == "leased", Task.lease_expires_at > now)),
+        )
+        .group_by(Task.prompt_id)
+        .subquery()
+    )
+
+
+def _ready_counts(policy_id: int):  # type: ignore[no-untyped-def]
+    return (
+        select(Completion.prompt_id, func.count(Completion.id).label("n"))
+        .where(Completion.policy_id == policy_id, Completion.status == "ready")
+        .group_by(Completion.prompt_id)
+        .subquery()
+    )
+
+
+def sampling_plan(
+    db: Session,
+    prompt_set: PromptSet,
+    policy_id: int,
+    buffer_prompts: int,
+    limit: int,
+    now: datetime | None = None,
+) -> SetPlan:
+    """How far the set's buffer is from ``buffer_prompts`` and which prompts to sample next.
+
+    A prompt is *labelable* for ranking while its taken rank slots are below the set's
+    overlap; it is *in the buffer* when it also has K ready completions of the deployed
+    policy. The sampler tops the buffer up to ``buffer_prompts`` (never the whole set at
+    once), at most ``limit`` prompts per call, lowest id first. Gold prompts (which show
+    their fixed gold completions) need none, and demonstration tasks need no completions,
+    so they never wait on the sampler.
+    """
+    now = now or utcnow()
+    k = prompt_set.k
+    ready = _ready_counts(policy_id)
+    used = _rank_slots_used(now)
+    have = func.coalesce(ready.c.n, 0)
+    labelable = (
+        select(Prompt, have.label("have"))
+        .outerjoin(ready, ready.c.prompt_id == Prompt.id)
+        .outerjoin(used, used.c.prompt_id == Prompt.id)
+        .where(
+            Prompt.prompt_set_id == prompt_set.id,
+            Prompt.is_gold.is_(False),
+            func.coalesce(used.c.n, 0) < prompt_set.overlap,
+        )
+    )
+    buffer = db.scalar(select(func.count()).select_from(labelable.where(have >= k).subquery())) or 0
+    shortfall = max(0, buffer_prompts - buffer)
+    rows: list[tuple[Prompt, int]] = []
+    if shortfall and limit > 0:
+        query = labelable.where(have < k).order_by(Prompt.id).limit(min(shortfall, limit))
+        rows = [(prompt, k - int(n)) for prompt, n in db.execute(query)]
+    return SetPlan(prompt_set, buffer, buffer_prompts, rows)
+
+
+def active_prompt_sets(db: Session) -> list[PromptSet]:
+    return list(db.scalars(select(PromptSet).where(PromptSet.status == "active").order_by(PromptSet.id)))
+
+
+def add_completions(
+    db: Session, policy_id: int, k_by_prompt: dict[int, int], rows: Iterable[dict[str, Any]]
+) -> int:
+    """Insert sampled completions, at most K ready ones per (prompt, policy); returns how many.
+
+    Rechecks under a lock (PostgreSQL: the prompt rows ``FOR UPDATE``) so two samplers that
+    sampled the same prompt do not give it 2K completions: the second one's are dropped.
+    """
+    by_prompt: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_prompt.setdefault(int(row["prompt_id"]), []).append(row)
+    if not by_prompt:
+        return 0
+    ids = sorted(by_prompt)
+    if _is_postgres(db):
+        db.execute(select(Prompt.id).where(Prompt.id.in_(ids)).order_by(Prompt.id).with_for_update())
+    have = dict(
+        db.execute(
+            select(Completion.prompt_id, func.count(Completion.id))
+            .where(
+                Completion.prompt_id.in_(ids), Completion.policy_id == policy_id, Completion.status == "ready"
+            )
+            .group_by(Completion.prompt_id)
+        ).all()
+    )
+    added = 0
+    for prompt_id in ids:
+        room = k_by_prompt.get(prompt_id, 0) - int(have.get(prompt_id, 0))
+        for row in by_prompt[prompt_id][: max(0, room)]:
+            db.add(Completion(policy_id=policy_id, status="ready", **row))
+            added += 1
+    db.flush()
+    return added
+
+
+def retire_unlabeled_completions(db: Session, keep_policy_id: int) -> int:
+    """Retire ready completions of other policies that no labeler holds or has ranked.
+
+    Completions shown in a leased or submitted task stay ready (leases already handed out
+    stay valid); gold prompts keep theirs. Returns how many were retired.
+    """
+    candidates = db.execute(
+        select(Completion.id, Completion.prompt_id)
+        .join(Prompt, Prompt.id == Completion.prompt_id)
+        .where(
+            Completion.status == "ready",
+            Completion.policy_id != keep_policy_id,
+            Prompt.is_gold.is_(False),
+        )
+    ).all()
+    if not candidates:
+        return 0
+    prompt_ids = sorted({prompt_id for _, prompt_id in candidates})
+    protected: set[int] = set()
+    for chunk in _chunks(prompt_ids):
+        for completion_ids in db.scalars(
+            select(Task.completion_ids).where(Task.prompt_id.in_(chunk), Task.status.in_(("leased", "submitted")))
+        ):
+            protected.update(int(c) for c in completion_ids or [])
+    retire = [cid for cid, _ in candidates if cid not in protected]
+    for chunk in _chunks(retire):
+        db.execute(
+            update(Completion)
+            .where(Completion.id.in_(chunk), Completion.status == "ready")
+            .values(status="retired")
+            .execution_options(synchronize_session=False)
+        )
+    return len(retire)

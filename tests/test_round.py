@@ -1,0 +1,312 @@
+"""Training rounds end to end on the tiny model: SFT -> RM -> PPO -> evaluate -> register.
+
+Rankings and demonstrations are written straight into the database (as the labeling API
+would), then a real worker claims and runs the round. The helpers here are shared with
+tests/test_worker.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from app.config import Settings
+from app.db import Database
+from app.models import Completion, Demonstration, Policy, Prompt, Ranking, RewardModel, RunLog, Task, TrainingRun, User
+from app.models.base import utcnow
+from app.services import policies, training
+from tests.factories import make_completions, make_prompt_set, make_prompts
+from trainer import artifacts
+from trainer.data import load_round_data, take_snapshot
+from trainer.policy_io import validate_policy_dir
+from trainer.tiny import build_tiny_policy
+from trainer.worker import TrainerWorker
+
+#: A round config small enough for the tiny model to finish in seconds on a CPU.
+TINY_CONFIG = {
+    "sft_batch_size": 4,
+    "sft_max_length": 96,
+    "rm_rankings_per_batch": 4,
+    "rm_max_length": 96,
+    "rm_normalize_examples": 8,
+    "ppo_iterations": 2,
+    "ppo_rollout_batch_size": 4,
+    "ppo_minibatch_size": 2,
+    "ppo_epochs": 1,
+    "ppo_max_new_tokens": 8,
+    "eval_prompts": 3,
+    "eval_max_new_tokens": 8,
+}
+
+GOOD = ["a clear and polite answer", "yes, thank you, the answer is clear", "a good answer with the marker token"]
+BAD = ["no", "bad", "maybe"]
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama checkpoint (the base policy v0 is copied from it)."""
+    return build_tiny_policy(tmp_path_factory.mktemp("tiny-base") / "tiny")
+
+
+def fast_settings(settings: Settings, **overrides: object) -> Settings:
+    values = {
+        "heartbeat_s": 0.2,
+        "heartbeat_timeout_s": 3.0,
+        "worker_poll_s": 0.1,
+        "buffer_prompts": 4,
+        "sampler_batch_size": 4,
+        **overrides,
+    }
+    return settings.model_copy(update=values)
+
+
+def bootstrap_v0(settings: Settings, database: Database, tiny_base: Path) -> Policy:
+    from app.cli.policy import bootstrap_policy
+
+    policy, created = bootstrap_policy(settings, str(tiny_base), database)
+    assert created
+    return policy
+
+
+def make_labeler(db, name: str = "lab") -> User:  # type: ignore[no-untyped-def]
+    user = User(username=name, password_hash="not-a-real-hash", role="labeler")
+    db.add(user)
+    db.flush()
+    return user
+
+
+def add_ranking(db, prompt: Prompt, labeler: User, policy_id: int, texts: list[str], **kw) -> Ranking:  # type: ignore[no-untyped-def]
+    """K completions ranked in the order given (best first), through a submitted task."""
+    policy = db.get(Policy, policy_id)
+    completions = make_completions(db, prompt, policy, len(texts), texts=texts)
+    task = Task(
+        prompt_id=prompt.id,
+        prompt_set_id=prompt.prompt_set_id,
+        labeler_id=labeler.id,
+        kind="rank",
+        status="submitted",
+        completion_ids=[c.id for c in completions],
+        lease_expires_at=utcnow() + timedelta(minutes=30),
+        submitted_at=utcnow(),
+    )
+    db.add(task)
+    db.flush()
+    ranking = Ranking(
+        task_id=task.id,
+        prompt_id=prompt.id,
+        labeler_id=labeler.id,
+        ranking=[[c.id] for c in completions],
+        payload_hash=f"h{task.id}",
+        **kw,
+    )
+    db.add(ranking)
+    db.flush()
+    return ranking
+
+
+def add_demonstration(db, prompt: Prompt, labeler: User, text: str, **kw) -> Demonstration:  # type: ignore[no-untyped-def]
+    task = Task(
+        prompt_id=prompt.id,
+        prompt_set_id=prompt.prompt_set_id,
+        labeler_id=labeler.id,
+        kind="demonstrate",
+        status="submitted",
+        lease_expires_at=utcnow() + timedelta(minutes=30),
+    )
+    db.add(task)
+    db.flush()
+    demo = Demonstration(task_id=task.id, prompt_id=prompt.id, labeler_id=labeler.id, text=text, payload_hash=f"d{task.id}", **kw)
+    db.add(demo)
+    db.flush()
+    return demo
+
+
+def labeled_set(
+    database: Database,
+    policy_id: int,
+    name: str = "train-set",
+    *,
+    rankings: int = 6,
+    demonstrations: int = 4,
+    train_prompts: int = 8,
+    validation_prompts: int = 2,
+) -> int:
+    """A prompt set with synthetic rankings (good texts above bad ones) and demonstrations."""
+    with database.session() as db:
+        ps = make_prompt_set(db, name, k=3, sampling={"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8})
+        train = make_prompts(db, ps, [f"Question {i}: please answer clearly." for i in range(train_prompts)])
+        val = make_prompts(db, ps, [f"Validation question {i}?" for i in range(validation_prompts)], split="validation")
+        labeler = make_labeler(db, f"{name}-labeler")
+        ranked = (train + val)[:rankings] if rankings <= len(train) else (train + val)[:rankings]
+        for i, prompt in enumerate(ranked):
+            add_ranking(db, prompt, labeler, policy_id, [GOOD[i % 3] + f" {i}", "meh", BAD[i % 3] + f" {i}"])
+        for i, prompt in enumerate(train[:demonstrations]):
+            add_demonstration(db, prompt, labeler, f"{GOOD[i % 3]} number {i}")
+        return ps.id
+
+
+def create_run(database: Database, set_ids: list[int], **kw: object) -> int:
+    with database.session() as db:
+        kw.setdefault("config", TINY_CONFIG)
+        run = training.create_round(db, None, set_ids, **kw)  # type: ignore[arg-type]
+        return run.id
+
+
+def run_state(database: Database, run_id: int) -> TrainingRun:
+    with database.session() as db:
+        run = db.get(TrainingRun, run_id)
+        assert run is not None
+        db.expunge(run)
+        return run
+
+
+def logs_of(database: Database, run_id: int) -> str:
+    with database.session() as db:
+        return "\n".join(db.scalars(select(RunLog.message).where(RunLog.run_id == run_id).order_by(RunLog.id)))
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_full_round_registers_and_deploys_v1_and_the_sampler_serves_it(settings, database, tiny_base) -> None:
+    s = fast_settings(settings)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    set_id = labeled_set(database, v0.id)
+    run_id = create_run(database, [set_id], deploy=True)
+
+    worker = TrainerWorker(s, database)
+    worker.run_once()
+
+    run = run_state(database, run_id)
+    assert run.status == "succeeded", (run.error, logs_of(database, run_id))
+    assert run.progress == 1.0 and run.attempts == 1 and run.base_policy_id == v0.id
+    assert run.snapshot["counts"]["rankings"] == 6 and run.snapshot["counts"]["demonstrations"] == 4
+    assert len(run.snapshot["sha256"]) == 64
+    assert {"sft", "rm", "ppo", "eval"} <= set(run.metrics)
+    assert "val_accuracy" in run.metrics["rm"]
+    with database.session() as db:
+        v1 = db.get(Policy, run.policy_id)
+        assert v1 is not None and v1.version == 1 and v1.parent_id == v0.id and v1.training_run_id == run_id
+        assert v1.deployed and v1.status == "ready"
+        assert not db.get(Policy, v0.id).deployed
+        assert {"win_rate", "kl_from_prev", "kl_from_v0"} <= set(v1.metrics)
+        assert v1.metrics["stages"] == ["sft", "ppo"]
+        validate_policy_dir(artifacts.resolve(s.resolved_artifacts_dir, v1.artifact_path))
+        rm = db.scalar(select(RewardModel).where(RewardModel.training_run_id == run_id))
+        assert rm is not None and (s.resolved_artifacts_dir / rm.artifact_path / "reward_model.json").is_file()
+        series = training.metric_series(db, run_id)
+        for key in ("sft/loss", "rm/accuracy", "ppo/reward", "ppo/kl", "ppo/entropy", "eval/win_rate"):
+            assert series.get(key), f"missing metric series {key}: {sorted(series)}"
+        # The same worker pass then filled the buffer from v1.
+        served = db.scalars(select(Completion.policy_id).where(Completion.status == "ready", Completion.policy_id != v0.id)).all()
+        assert served and set(served) == {v1.id}
+    assert "registered policy v1 from v0 (sft + ppo); deployed" in logs_of(database, run_id)
+
+
+def test_round_without_rankings_skips_rm_and_ppo_and_says_why(settings, database, tiny_base) -> None:
+    s = fast_settings(settings)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    set_id = labeled_set(database, v0.id, rankings=0, demonstrations=3)
+    run_id = create_run(database, [set_id])
+    TrainerWorker(s, database, sampler=False).run_once()
+
+    run = run_state(database, run_id)
+    assert run.status == "succeeded", run.error
+    assert run.metrics["skipped"] == {
+        "rm": "no rankings in the snapshot",
+        "ppo": "no reward model (the RM stage was skipped: no rankings in the snapshot)",
+    }
+    log = logs_of(database, run_id)
+    assert "rm skipped: no rankings in the snapshot" in log and "ppo skipped: no reward model" in log
+    with database.session() as db:
+        v1 = db.get(Policy, run.policy_id)
+        assert v1 is not None and v1.version == 1 and v1.metrics["stages"] == ["sft"]
+        assert not v1.deployed  # the round did not ask to deploy
+        assert "win_rate" not in v1.metrics and "kl_from_prev" in v1.metrics
+
+
+def test_a_round_with_nothing_to_train_registers_nothing(settings, database, tiny_base) -> None:
+    s = fast_settings(settings)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    set_id = labeled_set(database, v0.id, rankings=0, demonstrations=0)
+    run_id = create_run(database, [set_id], deploy=True)
+    TrainerWorker(s, database, sampler=False).run_once()
+
+    run = run_state(database, run_id)
+    assert run.status == "succeeded" and run.policy_id is None
+    assert run.metrics["summary"].startswith("nothing to train, nothing registered: every stage was skipped")
+    assert "sft: no demonstrations in the snapshot" in run.metrics["summary"]
+    with database.session() as db:
+        assert db.scalar(select(func.count(Policy.id))) == 1
+        assert policies.deployed_policy(db).id == v0.id
+    assert not (s.resolved_artifacts_dir / "policies" / "v1").exists()
+
+
+def test_cancel_stops_a_running_round_at_the_next_step(settings, database, tiny_base) -> None:
+    s = fast_settings(settings)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    set_id = labeled_set(database, v0.id)
+    run_id = create_run(database, [set_id], config={**TINY_CONFIG, "ppo_iterations": 100000}, deploy=True)
+    worker = TrainerWorker(s, database, sampler=False)
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with database.session() as db:
+                if training.metric_series(db, run_id).get("ppo/reward"):
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"PPO never started: {logs_of(database, run_id)}")
+        with database.session() as db:
+            assert training.cancel_run(db, None, run_id).status == "running"
+    finally:
+        thread.join(timeout=120)
+    assert not thread.is_alive()
+    run = run_state(database, run_id)
+    assert run.status == "cancelled", (run.status, run.error)
+    assert run.policy_id is None and run.finished_at is not None
+    assert "cancelled during ppo" in logs_of(database, run_id)
+    with database.session() as db:
+        assert db.scalar(select(func.count(Policy.id))) == 1
+
+
+def test_snapshot_fixes_the_active_labels_created_before_the_run(settings, database) -> None:
+    with database.session() as db:
+        policy = policies.register_policy(db, version=0, artifact_path="policies/v0")
+        ps = make_prompt_set(db, "snap", k=2)
+        prompts = make_prompts(db, ps, [f"p{i}" for i in range(4)])
+        gold = make_prompts(db, ps, ["gold prompt"], is_gold=True)[0]
+        labeler = make_labeler(db)
+        kept = add_ranking(db, prompts[0], labeler, policy.id, ["a", "b"])
+        requeued = add_ranking(db, prompts[1], labeler, policy.id, ["c", "d"], status="requeued")
+        add_ranking(db, gold, labeler, policy.id, ["e", "f"])
+        demo = add_demonstration(db, prompts[2], labeler, "a demonstration")
+        cutoff = utcnow()
+        later = add_ranking(db, prompts[3], labeler, policy.id, ["g", "h"])
+        later.created_at = cutoff + timedelta(seconds=5)
+        db.flush()
+        snap = take_snapshot(db, [ps.id], cutoff)
+        assert snap["ids"]["rankings"] == [kept.id]
+        assert requeued.id not in snap["ids"]["rankings"]
+        assert snap["ids"]["demonstrations"] == [demo.id]
+        assert gold.id not in snap["ids"]["prompts_train"] and len(snap["ids"]["prompts_train"]) == 4
+        assert snap["counts"] == {"rankings": 1, "demonstrations": 1, "prompts_train": 4, "prompts_validation": 0}
+        data = load_round_data(db, snap)
+        assert len(data.rm_train) == 1 and data.rm_train[0].completions == ["a", "b"]
+        assert data.rm_train[0].ranking == [[0], [1]]
+        assert [d.completion for d in data.sft_train] == ["a demonstration"]
+        # Labeling afterwards (a new ranking, the kept one requeued) does not change it.
+        db.get(Ranking, kept.id).status = "requeued"
+        db.flush()
+        again = load_round_data(db, snap)
+        assert len(again.rm_train) == 1
+        tampered = {**snap, "ids": {**snap["ids"], "rankings": [kept.id, later.id]}}
+        with pytest.raises(ValueError, match="sha256"):
+            load_round_data(db, tampered)

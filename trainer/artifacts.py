@@ -1,0 +1,61 @@
+"""Where checkpoints live: ``<artifacts>/policies/vN`` and ``<artifacts>/reward_models/vN``.
+
+Paths stored in the database (``Policy.artifact_path``, ``RewardModel.artifact_path``) are
+relative to ``settings.resolved_artifacts_dir``, so a deployment can move its artifacts
+directory (or mount it elsewhere on another worker machine) without rewriting rows. They
+are always built here from a version number, never taken from a user, and
+:func:`resolve` refuses anything that would point outside the artifacts directory.
+
+This module imports no torch, so the web tier and the CLI can use it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+POLICIES = "policies"
+REWARD_MODELS = "reward_models"
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+def policy_rel_path(version: int) -> str:
+    """``policies/vN``: the artifact path stored for policy version N."""
+    return f"{POLICIES}/v{int(version)}"
+
+
+def reward_model_rel_path(version: int) -> str:
+    """``reward_models/vN``: the artifact path stored for reward model version N."""
+    return f"{REWARD_MODELS}/v{int(version)}"
+
+
+def resolve(artifacts_dir: Path, rel_path: str) -> Path:
+    """The absolute directory of a stored artifact path; ValueError if it escapes the root."""
+    root = Path(artifacts_dir).resolve()
+    path = (root / rel_path).resolve()
+    if path != root and root not in path.parents:
+        raise ValueError(f"artifact path {rel_path!r} points outside the artifacts directory")
+    return path
+
+
+def versions_on_disk(artifacts_dir: Path, kind: str) -> list[int]:
+    """Version numbers of the ``vN`` directories under ``<artifacts>/<kind>`` (sorted).
+
+    A directory can exist without a database row: a worker killed between writing a
+    checkpoint and registering it leaves one behind. New versions are numbered past these.
+    """
+    base = Path(artifacts_dir) / kind
+    if not base.is_dir():
+        return []
+    found = []
+    for child in base.iterdir():
+        m = _VERSION_DIR.match(child.name)
+        if m:
+            found.append(int(m.group(1)))
+    return sorted(found)
+
+
+def next_free_version(artifacts_dir: Path, kind: str, registered_max: int | None) -> int:
+    """One past the largest version either registered in the database or present on disk."""
+    candidates = [v for v in (registered_max, *versions_on_disk(artifacts_dir, kind)) if v is not None]
+    return max(candidates) + 1 if candidates else 0

@@ -1,0 +1,213 @@
+"""A round's data: the snapshot taken when it starts, and the stage inputs built from it.
+
+The snapshot fixes the ids of the *active* rankings and demonstrations of the round's
+prompt sets created before the run started, and the train/validation prompts of those
+sets, and stores them with counts and a sha256 in ``TrainingRun.snapshot``. Everything
+the stages train on is read back by those ids, so labeling that goes on meanwhile (new
+rankings, an admin requeueing a labeler's work) changes nothing in a running round, and a
+retried run trains on exactly the same data. Gold prompts are never training data.
+
+This module reads rows only; it builds the plain dataclasses of trainer.stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import Completion, Demonstration, Prompt, Ranking
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+
+
+def _hash_ids(ids: dict[str, list[int]]) -> str:
+    canonical = json.dumps({k: sorted(v) for k, v in sorted(ids.items())}, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def take_snapshot(db: Session, prompt_set_ids: list[int], cutoff: datetime) -> dict[str, Any]:
+    """The snapshot dict for ``TrainingRun.snapshot`` (ids, counts, sha256)."""
+    in_sets = (Prompt.prompt_set_id.in_(prompt_set_ids), Prompt.is_gold.is_(False))
+    rankings = list(
+        db.scalars(
+            select(Ranking.id)
+            .join(Prompt, Prompt.id == Ranking.prompt_id)
+            .where(*in_sets, Ranking.status == "active", Ranking.created_at <= cutoff)
+            .order_by(Ranking.id)
+        )
+    )
+    demonstrations = list(
+        db.scalars(
+            select(Demonstration.id)
+            .join(Prompt, Prompt.id == Demonstration.prompt_id)
+            .where(*in_sets, Demonstration.status == "active", Demonstration.created_at <= cutoff)
+            .order_by(Demonstration.id)
+        )
+    )
+    prompts: dict[str, list[int]] = {"train": [], "validation": []}
+    for prompt_id, split in db.execute(
+        select(Prompt.id, Prompt.split).where(*in_sets, Prompt.created_at <= cutoff).order_by(Prompt.id)
+    ):
+        prompts.setdefault(split, []).append(prompt_id)
+    ids = {
+        "rankings": rankings,
+        "demonstrations": demonstrations,
+        "prompts_train": prompts.get("train", []),
+        "prompts_validation": prompts.get("validation", []),
+    }
+    return {
+        "format": SNAPSHOT_FORMAT,
+        "taken_at": cutoff.isoformat(),
+        "prompt_set_ids": list(prompt_set_ids),
+        "counts": {name: len(values) for name, values in ids.items()},
+        "sha256": _hash_ids(ids),
+        "ids": ids,
+    }
+
+
+def verify_snapshot(snapshot: dict[str, Any]) -> None:
+    """Raise ValueError when the stored ids do not match the stored hash."""
+    ids = snapshot.get("ids") or {}
+    if _hash_ids({k: list(v) for k, v in ids.items()}) != snapshot.get("sha256"):
+        raise ValueError("the run's data snapshot does not match its sha256")
+
+
+@dataclass
+class RoundData:
+    """The stage inputs of a round, split into train and validation."""
+
+    sft_train: list[Any] = field(default_factory=list)  # SFTExample
+    sft_val: list[Any] = field(default_factory=list)
+    rm_train: list[Any] = field(default_factory=list)  # RankingExample
+    rm_val: list[Any] = field(default_factory=list)
+    rm_val_source: str = "validation split"
+    train_prompts: list[tuple[str | None, list[dict[str, str]] | None]] = field(default_factory=list)
+    eval_prompts: list[tuple[str | None, list[dict[str, str]] | None]] = field(default_factory=list)
+    rankings_without_pairs: int = 0
+
+    @property
+    def demonstrations(self) -> list[Any]:
+        return self.sft_train + self.sft_val
+
+    @property
+    def rankings(self) -> list[Any]:
+        return self.rm_train + self.rm_val
+
+
+def _chunks(ids: list[int], size: int = 500):  # type: ignore[no-untyped-def]
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def _prompts_by_id(db: Session, ids: set[int]) -> dict[int, Prompt]:
+    found: dict[int, Prompt] = {}
+    for chunk in _chunks(sorted(ids)):
+        for prompt in db.scalars(select(Prompt).where(Prompt.id.in_(chunk))):
+            found[prompt.id] = prompt
+    return found
+
+
+def _holdout(item_id: int, fraction: float) -> bool:
+    """A deterministic draw from the id: the same rankings are held out on every retry."""
+    digest = hashlib.sha256(f"holdout:{item_id}".encode()).hexdigest()
+    return int(digest[:8], 16) / 0x1_0000_0000 < fraction
+
+
+def load_round_data(
+    db: Session,
+    snapshot: dict[str, Any],
+    *,
+    rm_holdout_fraction: float = 0.1,
+    rm_unacceptable: str = "keep",
+    max_train_prompts: int | None = None,
+    max_eval_prompts: int | None = None,
+) -> RoundData:
+    """Read the snapshot's rows and build SFT examples, ranking examples and prompt lists.
+
+    Rankings and demonstrations of validation-split prompts are the held-out sets; when no
+    ranking is on a validation prompt, a deterministic ``rm_holdout_fraction`` of the train
+    rankings is held out instead (when there are at least five), so the RM always reports a
+    held-out accuracy when it can.
+    """
+    from trainer.stages import RankingExample, SFTExample, pairs_from_ranking
+
+    verify_snapshot(snapshot)
+    ids = snapshot["ids"]
+    data = RoundData()
+
+    demos: list[Demonstration] = []
+    for chunk in _chunks(list(ids["demonstrations"])):
+        demos.extend(db.scalars(select(Demonstration).where(Demonstration.id.in_(chunk))))
+    rankings: list[Ranking] = []
+    for chunk in _chunks(list(ids["rankings"])):
+        rankings.extend(db.scalars(select(Ranking).where(Ranking.id.in_(chunk))))
+    demos.sort(key=lambda d: d.id)
+    rankings.sort(key=lambda r: r.id)
+
+    completion_ids = sorted({int(c) for r in rankings for group in r.ranking for c in group})
+    texts: dict[int, str] = {}
+    for chunk in _chunks(completion_ids):
+        texts.update(dict(db.execute(select(Completion.id, Completion.text).where(Completion.id.in_(chunk))).all()))
+
+    prompt_ids = set(ids["prompts_train"]) | set(ids["prompts_validation"])
+    prompt_ids |= {d.prompt_id for d in demos} | {r.prompt_id for r in rankings}
+    prompts = _prompts_by_id(db, prompt_ids)
+
+    for demo in demos:
+        prompt = prompts[demo.prompt_id]
+        example = SFTExample(prompt=prompt.text, messages=prompt.messages, completion=demo.text)
+        (data.sft_val if prompt.split == "validation" else data.sft_train).append(example)
+
+    examples: list[tuple[Ranking, Any]] = []
+    for ranking in rankings:
+        prompt = prompts[ranking.prompt_id]
+        order = [int(c) for group in ranking.ranking for c in group]
+        if any(c not in texts for c in order):
+            logger.warning("ranking %d refers to a missing completion; left out", ranking.id)
+            continue
+        index = {cid: i for i, cid in enumerate(order)}
+        example = RankingExample(
+            prompt=prompt.text,
+            messages=prompt.messages,
+            completions=[texts[c] for c in order],
+            ranking=[[index[int(c)] for c in group] for group in ranking.ranking],
+            all_unacceptable=bool(ranking.all_unacceptable),
+        )
+        if (example.all_unacceptable and rm_unacceptable == "skip") or not pairs_from_ranking(example.ranking):
+            data.rankings_without_pairs += 1
+            continue
+        examples.append((ranking, example))
+    for ranking, example in examples:
+        (data.rm_val if prompts[ranking.prompt_id].split == "validation" else data.rm_train).append(example)
+    if not data.rm_val and len(data.rm_train) >= 5 and rm_holdout_fraction > 0:
+        held = [ex for (r, ex) in examples if _holdout(r.id, rm_holdout_fraction)]
+        if not held:  # the draw held nothing out: keep the last one back
+            held = [examples[-1][1]]
+        held_ids = {id(ex) for ex in held}
+        data.rm_val = held
+        data.rm_train = [ex for ex in data.rm_train if id(ex) not in held_ids]
+        data.rm_val_source = f"{len(held)} train rankings held out"
+
+    def as_prompt(prompt_id: int) -> tuple[str | None, list[dict[str, str]] | None]:
+        p = prompts[prompt_id]
+        return (p.text, p.messages)
+
+    train_ids = list(ids["prompts_train"])
+    val_ids = list(ids["prompts_validation"])
+    if max_train_prompts is not None:
+        train_ids = train_ids[:max_train_prompts]
+    data.train_prompts = [as_prompt(i) for i in train_ids]
+    eval_ids = val_ids or list(ids["prompts_train"])
+    if max_eval_prompts is not None:
+        eval_ids = eval_ids[:max_eval_prompts]
+    data.eval_prompts = [as_prompt(i) for i in eval_ids]
+    return data
