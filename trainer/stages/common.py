@@ -211,13 +211,15 @@ def get_accelerator(accelerator=None):
 
 
 def maybe_gradient_checkpointing(model: nn.Module, accelerator) -> None:
-    """Turn on gradient checkpointing when training on CUDA (memory over speed)."""
+    """Turn on gradient checkpointing when training on CUDA (memory over speed).
+
+    ``config.use_cache`` is left alone (it is saved with the policy); the stages pass
+    ``use_cache=False`` to every training forward instead.
+    """
     if accelerator.device.type != "cuda":
         return
     if hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if getattr(getattr(model, "config", None), "use_cache", None) is not None:
-            model.config.use_cache = False
 
 
 def seed_everything(seed: int, accelerator=None) -> None:

@@ -359,8 +359,9 @@ def train_reward_model(
 
     Metrics: ``train_loss`` (mean over the last epoch's batches), ``train_accuracy``,
     ``val_accuracy_before`` / ``val_accuracy`` / ``val_loss`` (when ``val`` has usable
-    rankings), ``pairs``, ``rankings``, ``rankings_skipped``, ``forward_rows`` (sequences
-    encoded), ``comparisons_per_s``, ``steps``, ``seconds``.
+    rankings), ``pairs``, ``rankings``, ``forward_rows`` (sequences encoded; counts are
+    summed over processes and epochs), ``rankings_skipped``, ``comparisons_per_s``,
+    ``steps``, ``seconds``.
     """
     config = config or RMConfig()
     accelerator = get_accelerator(accelerator)
@@ -451,13 +452,17 @@ def train_reward_model(
     elapsed = time.perf_counter() - start
 
     totals = accelerator.reduce(epoch_stats, reduction="sum")
+    counts = accelerator.reduce(
+        torch.tensor([pairs_seen, rankings_seen, rows_seen], dtype=torch.float64, device=accelerator.device),
+        reduction="sum",
+    )
     metrics.update(
         train_loss=float(totals[0] / totals[1].clamp(min=1)),
         train_accuracy=float(totals[2] / totals[3].clamp(min=1)),
-        pairs=float(pairs_seen),
-        rankings=float(rankings_seen),
-        forward_rows=float(rows_seen),
-        comparisons_per_s=pairs_seen / max(elapsed, 1e-9),
+        pairs=float(counts[0]),
+        rankings=float(counts[1]),
+        forward_rows=float(counts[2]),
+        comparisons_per_s=float(counts[0]) / max(elapsed, 1e-9),
         steps=float(step),
         seconds=elapsed,
     )

@@ -134,9 +134,9 @@ def train_sft(
     """Fine-tune ``model`` (a causal LM, trained in place) on demonstrations.
 
     Returns ``train_loss`` (token-weighted mean over the last epoch), ``val_loss_before``
-    and ``val_loss_after`` (only when ``val`` is non-empty), ``steps``, ``train_tokens``
-    (supervised tokens seen on this process), ``tokens_per_s`` (all tokens, prompt
-    included, per second on this process) and ``seconds``. The caller saves the model
+    and ``val_loss_after`` (only when ``val`` is non-empty), ``steps`` (optimizer steps),
+    ``train_tokens`` (supervised tokens, all processes), ``tokens_per_s`` (all real
+    tokens, prompt included, per second over all processes) and ``seconds``. The caller saves the model
     (``accelerator.unwrap_model(model)`` is ``model`` itself outside DeepSpeed/FSDP).
     """
     config = config or SFTConfig()
@@ -221,10 +221,13 @@ def train_sft(
     if val:
         metrics["val_loss_after"] = evaluate_sft_loss(model, tokenizer, val, config, accelerator)
         emit(on_step, "sft", step, {"val_loss": metrics["val_loss_after"]})
+    counts = accelerator.reduce(
+        torch.tensor([seen_tokens, supervised_tokens], dtype=torch.float64, device=accelerator.device), reduction="sum"
+    )
     metrics.update(
         steps=float(step),
-        train_tokens=float(supervised_tokens),
-        tokens_per_s=seen_tokens / max(elapsed, 1e-9),
+        train_tokens=float(counts[1]),
+        tokens_per_s=float(counts[0]) / max(elapsed, 1e-9),
         seconds=elapsed,
     )
     model.eval()
