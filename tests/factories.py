@@ -39,7 +39,8 @@ def make_prompts(
 
 
 def make_policy(db: Session, *, deployed: bool = True, artifact_path: str = "policies/v0", **kw) -> Policy:
-    version = (db.scalar(select(func.max(Policy.version))) or -1) + 1
+    latest = db.scalar(select(func.max(Policy.version)))
+    version = 0 if latest is None else latest + 1
     if deployed:
         for p in db.scalars(select(Policy).where(Policy.deployed.is_(True))):
             p.deployed = False

@@ -135,7 +135,7 @@ def _ranking_batches(db: Session, flt: ExportFilter, batch: int) -> Iterator[tup
         .join(User, User.id == Ranking.labeler_id)
     )
     query = _apply_common(query, Ranking, flt)
-    versions = dict(db.execute(select(Policy.id, Policy.version)).tuples().all())
+    versions: dict[int, int] = {pid: v for pid, v in db.execute(select(Policy.id, Policy.version))}
     for rows in _batches(db, query, Ranking.id, batch):
         ids = {cid for r in rows for g in (r.ranking or []) for cid in g}
         completions = {
@@ -289,10 +289,10 @@ def to_csv(rows: Iterable[dict[str, Any]], columns: list[str]) -> Iterator[bytes
 
 
 def stream(
-    db: Session, kind: str, fmt: str, flt: ExportFilter, conversational: bool = False
+    db: Session, kind: str, fmt: str, flt: ExportFilter, conversational: bool = False, batch: int = BATCH
 ) -> Iterator[bytes]:
-    """The encoded export, chunk by chunk."""
+    """The encoded export, chunk by chunk; memory is bounded by ``batch`` rows, not the total."""
     if fmt not in FORMATS:
         raise Invalid(f"unknown format {fmt!r}; use jsonl or csv")
-    rows = records(db, kind, flt, conversational)
+    rows = records(db, kind, flt, conversational, batch)
     return to_jsonl(rows) if fmt == "jsonl" else to_csv(rows, COLUMNS[kind])
