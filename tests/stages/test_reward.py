@@ -139,6 +139,7 @@ def test_rm_learns_marker_preference(rm, tokenizer, accelerator, step_log):
     config = RMConfig(lr=2e-3, epochs=4, rankings_per_batch=4, max_length=64, warmup_ratio=0.0, seed=0)
     metrics = train_reward_model(rm, tokenizer, train, val, config, accelerator=accelerator, on_step=step_log)
     assert metrics["val_accuracy"] >= 0.9, metrics
+    assert rm.score_head.bias.item() == 0.0  # shift-invariant loss: the bias is left to normalisation
     assert metrics["val_pairs"] == 16 * 4  # 2 winners x 2 losers, ties inside groups give none
     assert len(step_log.series("loss")) == metrics["steps"] == 48
     assert step_log.series("val_accuracy")[-1] == metrics["val_accuracy"]

@@ -386,8 +386,11 @@ def train_reward_model(
         collate_fn=lambda idx: ranking_batch([encoded[i] for i in idx], pad_id, config.mode),
         generator=torch.Generator().manual_seed(config.seed),
     )
+    # The pairwise loss is invariant to the head bias (its gradient is 0 up to rounding,
+    # which Adam would amplify into drift), so the bias is left to normalisation.
+    bias = rm.score_head.bias
     optimizer = torch.optim.AdamW(
-        [p for p in rm.parameters() if p.requires_grad],
+        [p for p in rm.parameters() if p.requires_grad and p is not bias],
         lr=config.lr,
         weight_decay=config.weight_decay,
         betas=(0.9, 0.95),
