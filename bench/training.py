@@ -514,9 +514,10 @@ def render_section(results: dict[str, list[Row]], size_notes: dict[str, Size]) -
         f"trl {_version('trl')} (PPO: trl 1.12.0 in a subprocess).",
     ]
     for name, rows in results.items():
-        size = size_notes[name]
-        parts += ["", f"### `--model {name}` ({size.threads} torch thread{'s' if size.threads > 1 else ''}, "
-                      f"best of {size.repeats})", ""]
+        threads = int(rows[0].extra.get("threads", size_notes[name].threads))
+        repeats = int(rows[0].extra.get("repeats", size_notes[name].repeats))
+        best = f", best of {repeats}" if repeats > 1 else ""
+        parts += ["", f"### `--model {name}` ({threads} torch thread{'s' if threads > 1 else ''}{best})", ""]
         parts.append(markdown_table(["Stage", "Implementation", "Work", "Seconds", "Throughput", "Notes"], table(rows)))
         parts += ["", *ratios(rows)]
     parts += [
@@ -562,6 +563,8 @@ def run(model: str, cache: Path, stages: list[str]) -> list[Row] | None:
             trl_row = bench_ppo_trl(model_dir, size, tmp)
             if trl_row is not None:
                 rows.append(trl_row)
+    for r in rows:
+        r.extra.update(threads=float(size.threads), repeats=float(size.repeats))
     return rows
 
 
@@ -574,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=["tiny", "smollm2", "both"], default="tiny")
     parser.add_argument("--cache", type=Path, default=REPO_ROOT / "data" / "bench")
     parser.add_argument("--stages", default="sft,rm,ppo", help="comma-separated subset of sft,rm,ppo")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 tiny, all cores smollm2)")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--results", type=Path, default=None, help="also write raw rows as JSON here")
     args = parser.parse_args(argv)
@@ -590,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
             if name not in models:
                 results[name] = [Row(**r) for r in rows]
     for name in models:
+        if args.threads:
+            SIZES[name].threads = args.threads
         rows = run(name, args.cache, stages)
         if rows is None:
             continue
