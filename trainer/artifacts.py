@@ -55,7 +55,8 @@ def versions_on_disk(artifacts_dir: Path, kind: str) -> list[int]:
     return sorted(found)
 
 
-def next_free_version(artifacts_dir: Path, kind: str, registered_max: int | None) -> int:
-    """One past the largest version either registered in the database or present on disk."""
+def next_free_version(artifacts_dir: Path, kind: str, registered_max: int | None, first: int = 0) -> int:
+    """One past the largest version either registered in the database or present on disk
+    (``first`` when there is none: policies start at v0, reward models at v1)."""
     candidates = [v for v in (registered_max, *versions_on_disk(artifacts_dir, kind)) if v is not None]
-    return max(candidates) + 1 if candidates else 0
+    return max(max(candidates) + 1, first) if candidates else first

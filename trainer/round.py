@@ -85,6 +85,7 @@ class RunControl:
         self.flush_s = flush_s
         self.cancel_requested = False
         self.lost = False
+        self.done = False  # set just before the final write; heartbeats stop mattering then
         self.stage: str | None = None
         self.progress = 0.0
         self._points: list[tuple[str, int, str, float]] = []
@@ -96,9 +97,11 @@ class RunControl:
 
     def beat(self) -> None:
         """Refresh the heartbeat (called by the worker's heartbeat thread)."""
+        if self.done:
+            return
         with self.database.session() as db:
             state = workers.heartbeat_run(db, self.lease)
-        if not state.owned:
+        if not state.owned and not self.done:
             if not self.lost:
                 logger.error("run %d: lease lost (reaped or reassigned); stopping", self.lease.run_id)
             self.lost = True
@@ -459,7 +462,9 @@ class _Round:
         rm.save(staging, tokenizer=self.tokenizer, extra={"training_run_id": self.run_id})
         try:
             with self.database.session() as db:
-                version = artifacts.next_free_version(root, artifacts.REWARD_MODELS, policies.max_reward_model_version(db))
+                version = artifacts.next_free_version(
+                    root, artifacts.REWARD_MODELS, policies.max_reward_model_version(db), first=1
+                )
             dest = _rename_into_free_version(staging, root, artifacts.REWARD_MODELS, version)
             version = int(dest.name[1:])
             with self.database.session() as db:
@@ -612,6 +617,7 @@ class _Round:
         if rm_id is not None:
             metrics["reward_model_id"] = rm_id
         self.control.flush()
+        self.control.done = True
         with self.database.session() as db:
             if not workers.finish_run(db, self.lease, "succeeded", progress=1.0, metrics=metrics):
                 raise LeaseLost()
@@ -654,6 +660,7 @@ class _Round:
         }
         run_metrics = {**self._summary_metrics(), "policy_version": version, "reward_model_id": rm_id}
         self.control.flush()
+        self.control.done = True
         try:
             with self.database.session() as db:
                 run = workers.locked_run(db, self.lease)
@@ -703,6 +710,7 @@ def run_round(database: Database, settings: Settings, control: RunControl) -> Ro
         try:
             return state.run()
         finally:
+            control.done = True
             _free_memory()
     except (Cancelled, _CancelledLate):
         if control.lost:

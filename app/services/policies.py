@@ -285,7 +285,7 @@ def add_completions(
 ) -> int:
     """Insert sampled completions, at most K ready ones per (prompt, policy); returns how many.
 
-    Rechecks under a lock (PostgreSQL: the prompt rows ``FOR UPDATE``) so two samplers that
+    NUL characters in the text become U+FFFD. Rechecks under a lock (PostgreSQL: the prompt rows ``FOR UPDATE``) so two samplers that
     sampled the same prompt do not give it 2K completions: the second one's are dropped.
     """
     by_prompt: dict[int, list[dict[str, Any]]] = {}
@@ -309,6 +309,8 @@ def add_completions(
     for prompt_id in ids:
         room = k_by_prompt.get(prompt_id, 0) - int(have.get(prompt_id, 0))
         for row in by_prompt[prompt_id][: max(0, room)]:
+            # PostgreSQL text cannot hold NUL; a sampled byte-level token can decode to one.
+            row = {**row, "text": str(row["text"]).replace("\x00", "\ufffd")}
             db.add(Completion(policy_id=policy_id, status="ready", **row))
             added += 1
     db.flush()
