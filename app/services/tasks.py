@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -57,6 +59,25 @@ def _retryable(exc: DBAPIError) -> bool:
     return "database is locked" in message or "database is busy" in message
 
 
+_sqlite_locks: dict[str, threading.Lock] = {}
+_sqlite_locks_guard = threading.Lock()
+
+
+def _process_lock(db: Session) -> threading.Lock | None:
+    """One in-process lock per SQLite database file.
+
+    SQLite's busy handler polls with sleeps, so many threads of one server waiting on
+    ``BEGIN IMMEDIATE`` crawl and each holds a pooled connection while it waits. Queuing
+    them on a Python lock first hands the write lock over at once; the file lock still
+    serialises other processes.
+    """
+    if not is_sqlite_session(db):
+        return None
+    url = str(db.get_bind().url)
+    with _sqlite_locks_guard:
+        return _sqlite_locks.setdefault(url, threading.Lock())
+
+
 def transact(db: Session, fn: Callable[[], T], *, attempts: int = 8) -> T:
     """Run ``fn`` in a fresh write transaction and commit it.
 
@@ -67,22 +88,24 @@ def transact(db: Session, fn: Callable[[], T], *, attempts: int = 8) -> T:
     propagate after a rollback.
     """
     db.commit()
+    lock = _process_lock(db)
     for attempt in range(1, attempts + 1):
         try:
-            if is_sqlite_session(db):
-                db.execute(text("BEGIN IMMEDIATE"))
-            result = fn()
-            db.commit()
+            with lock if lock is not None else nullcontext():
+                if lock is not None:
+                    db.execute(text("BEGIN IMMEDIATE"))
+                try:
+                    result = fn()
+                    db.commit()
+                except BaseException:
+                    db.rollback()
+                    raise
             return result
         except DBAPIError as exc:
-            db.rollback()
             if attempt == attempts or not _retryable(exc):
                 raise
             log.info("retrying labeling transaction after %s (attempt %d)", type(exc.orig).__name__, attempt)
             time.sleep(min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.5))
-        except BaseException:
-            db.rollback()
-            raise
     raise AssertionError("unreachable")
 
 
