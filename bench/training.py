@@ -517,7 +517,9 @@ def render_section(results: dict[str, list[Row]], size_notes: dict[str, Size]) -
         threads = int(rows[0].extra.get("threads", size_notes[name].threads))
         repeats = int(rows[0].extra.get("repeats", size_notes[name].repeats))
         best = f", best of {repeats}" if repeats > 1 else ""
-        parts += ["", f"### `--model {name}` ({threads} torch thread{'s' if threads > 1 else ''}{best})", ""]
+        load = rows[0].extra.get("load")
+        load_note = f", 1-min load average {load:.1f} at the start" if load is not None else ""
+        parts += ["", f"### `--model {name}` ({threads} torch thread{'s' if threads > 1 else ''}{best}{load_note})", ""]
         parts.append(markdown_table(["Stage", "Implementation", "Work", "Seconds", "Throughput", "Notes"], table(rows)))
         parts += ["", *ratios(rows)]
     parts += [
@@ -545,6 +547,7 @@ def run(model: str, cache: Path, stages: list[str]) -> list[Row] | None:
 
     size = SIZES[model]
     torch.set_num_threads(size.threads)
+    load_before = os.getloadavg()[0]
     model_dir = prepare_model_dir(model, cache)
     if model_dir is None:
         return None
@@ -564,7 +567,7 @@ def run(model: str, cache: Path, stages: list[str]) -> list[Row] | None:
             if trl_row is not None:
                 rows.append(trl_row)
     for r in rows:
-        r.extra.update(threads=float(size.threads), repeats=float(size.repeats))
+        r.extra.update(threads=float(size.threads), repeats=float(size.repeats), load=load_before)
     return rows
 
 

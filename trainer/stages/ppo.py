@@ -219,7 +219,8 @@ def train_ppo(
     ``value_loss``, ``value_clipfrac``, ``approx_kl``, ``policy_loss``,
     ``response_length``, ``eos_fraction``, ``kl_coef``, ``episodes_per_s`` and
     ``ptx_loss`` when ``ptx_coef > 0``. The return value holds the last iteration's
-    metrics plus ``score_first``, ``iterations``, ``episodes`` and ``seconds``.
+    metrics plus ``score_first``, ``iterations``, ``episodes``, ``seconds`` and
+    ``final_kl_coef`` (the adaptive controller's beta after the last update).
     """
     config = config or PPOConfig()
     if not prompts:
