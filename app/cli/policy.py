@@ -24,7 +24,6 @@ def bootstrap_policy(s: Settings, base: str | None = None, database: Database | 
     quick start call it, never the web tier.
     """
     from trainer import artifacts
-    from trainer.bootstrap import prepare_base
 
     db_ = database or Database(s.resolved_database_url)
     try:
@@ -33,6 +32,8 @@ def bootstrap_policy(s: Settings, base: str | None = None, database: Database | 
             if existing is not None:
                 db.expunge(existing)
                 return existing, False
+        from trainer.bootstrap import prepare_base  # torch: only when there is work to do
+
         rel = artifacts.policy_rel_path(0)
         base = base if base is not None else s.bootstrap_base
         prepare_base(base, artifacts.resolve(s.resolved_artifacts_dir, rel), exist_ok=True)
