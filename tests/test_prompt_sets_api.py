@@ -91,7 +91,8 @@ def test_list_prompts_and_gold(client, admin, database) -> None:
     detail = client.get(f"/api/v1/prompts/{prompt_id}", headers=admin.headers).json()
     assert [x["id"] for x in detail["completions"]] == [a, b, c, d]
     url = f"/api/v1/prompts/{prompt_id}/gold"
-    for bad, why in (([[a, b, c, d]], "two"), ([[a], [a]], "twice"), ([[a], [foreign]], "not completions")):
+    for bad, why in (([[a, b, c, d]], "two"), ([[a], [a]], "twice"), ([[a], [foreign]], "not completions"),
+                     ([[a], [b]], "exactly K=4")):
         r = client.put(url, json={"ranking": bad}, headers=admin.headers)
         assert r.status_code == 422 and why in r.json()["detail"], r.json()
     r = client.put(url, json={"ranking": [[b], [a, c], [d]]}, headers=admin.headers)

@@ -31,12 +31,13 @@ def validate_gold_ranking(db: Session, prompt: Prompt, ranking: list[list[int]])
     ids = [cid for g in groups for cid in g]
     if len(ids) != len(set(ids)):
         raise Invalid("a completion appears twice in the gold ranking")
-    if len(ids) > 9:
-        raise Invalid("a gold ranking has at most 9 completions")
     known = set(db.scalars(select(Completion.id).where(Completion.prompt_id == prompt.id, Completion.id.in_(ids))))
     missing = [cid for cid in ids if cid not in known]
     if missing:
         raise Invalid(f"completion(s) {', '.join(map(str, missing))} are not completions of prompt {prompt.id}")
+    k = prompt.prompt_set.k
+    if len(ids) != k:
+        raise Invalid(f"rank exactly K={k} completions (got {len(ids)}), so the gold task looks like any other")
     return groups
 
 
