@@ -310,3 +310,38 @@ def test_snapshot_fixes_the_active_labels_created_before_the_run(settings, datab
         tampered = {**snap, "ids": {**snap["ids"], "rankings": [kept.id, later.id]}}
         with pytest.raises(ValueError, match="sha256"):
             load_round_data(db, tampered)
+
+
+def test_rlhf_train_round_wait_follows_the_run_to_its_end(settings, database, db_url, tiny_base, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    s = fast_settings(settings)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    labeled_set(database, v0.id, "cli-set", rankings=0, demonstrations=2)
+    env = {**os.environ, "RLHF_DATABASE_URL": db_url, "RLHF_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "120"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "train", "round", "--set", "cli-set", "--stages", "sft",
+         "--config", '{"sft_batch_size": 2, "sft_max_length": 64, "eval_prompts": 2, "eval_max_new_tokens": 4}', "--wait"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with database.session() as db:
+                if db.scalar(select(TrainingRun.id)) is not None:
+                    break
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.2)
+        TrainerWorker(s, database, sampler=False).run_once()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "queued training run 1" in out
+    assert "sft: 2 demonstrations" in out  # the run's log lines are followed
+    assert "run 1: succeeded - policy v1 from v0 (sft)" in out
+    r = subprocess.run([sys.executable, "-m", "app.cli", "train", "round", "--set", "nope"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "no prompt set named 'nope'" in r.stderr
