@@ -22,6 +22,7 @@ TASK_KEYS = {
     "completions",
     "lease_expires_at",
     "created_at",
+    "server_time",
     "previous",
 }
 
@@ -63,6 +64,7 @@ def test_next_returns_the_contract_shape_and_the_same_task_while_the_lease_lives
     assert timedelta(minutes=29) < expires - before <= timedelta(minutes=settings.lease_minutes, seconds=5)
     again = _next(client, labeler, set_id).json()
     assert again["id"] == task["id"] and again["completions"] == task["completions"]
+    assert again["lease_expires_at"] == task["lease_expires_at"]
     with database.session() as db:
         stored = db.get(Task, task["id"])
         assert stored.completion_ids == [c["id"] for c in task["completions"]]

@@ -48,6 +48,7 @@ class TaskOut(BaseModel):
     )
     lease_expires_at: datetime
     created_at: datetime
+    server_time: datetime = Field(description="the server's clock when it answered (for countdowns)")
     previous: dict[str, Any] | None = Field(
         default=None, description="after an undo: the answer that was taken back, so it can be redone"
     )

@@ -470,6 +470,7 @@ def task_view(db: Session, task: Task) -> dict[str, Any]:
         "completions": [{"id": cid, "text": texts[cid]} for cid in task.completion_ids or [] if cid in texts],
         "lease_expires_at": task.lease_expires_at,
         "created_at": task.created_at,
+        "server_time": utcnow(),
     }
 
 

@@ -1,16 +1,84 @@
-"""Labeler pages."""
+"""Labeler pages: the list of active sets, the ranking page and the demonstration page.
+
+The two work pages are thin shells: static/label.js claims tasks and submits answers
+through the JSON API (``/api/v1/tasks/...``) with ``rlhf.api``.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from app.deps import PageUser
+from app.deps import DB, PageUser
+from app.models import FLAGS
+from app.services import tasks
 from app.templating import render
 
 router = APIRouter(include_in_schema=False)
 
+# How the ranking page shows each flag of app.models.FLAGS (short pill text, full wording),
+# after the questions InstructGPT's labelers answered for every output.
+FLAG_LABELS: dict[str, tuple[str, str]] = {
+    "fails_instruction": ("Fails instruction", "Fails to follow the user's instruction"),
+    "made_up_facts": ("Made-up facts", "Makes up facts (hallucination)"),
+    "inappropriate_for_customer_assistant": ("Inappropriate", "Inappropriate for a customer assistant"),
+    "harmful_or_toxic": ("Harmful / toxic", "Harmful or toxic content"),
+    "sexual_or_violent": ("Sexual / violent", "Sexual or violent content"),
+    "moral_judgement": ("Moral judgement", "Expresses a moral judgement"),
+}
+SKIP_REASONS = (
+    "I can't judge this (outside what I know)",
+    "The prompt is unclear or broken",
+    "The completions are broken or empty",
+    "Sensitive content I'd rather not rate",
+)
+
+
+def _page_config(request: Request, mode: str, prompt_set_id: int) -> dict[str, Any]:
+    settings = request.app.state.settings
+    return {
+        "mode": mode,
+        "promptSetId": prompt_set_id,
+        "leaseMinutes": settings.lease_minutes,
+        "undoWindowMinutes": settings.undo_window_minutes,
+        "maxDemonstrationChars": settings.max_demonstration_chars,
+        "flags": [
+            {
+                "name": f,
+                "short": FLAG_LABELS.get(f, (f.replace("_", " "),) * 2)[0],
+                "label": FLAG_LABELS.get(f, (f.replace("_", " "),) * 2)[1],
+            }
+            for f in FLAGS
+        ],
+        "skipReasons": list(SKIP_REASONS),
+    }
+
 
 @router.get("/label", response_class=HTMLResponse)
-def label_home(request: Request, principal: PageUser) -> HTMLResponse:
-    return render(request, "label/index.html", principal)
+def label_home(request: Request, db: DB, principal: PageUser) -> HTMLResponse:
+    """Active prompt sets with this labeler's own progress and what is left for them."""
+    rows = [(ps, tasks.progress(db, principal.user, ps)) for ps in tasks.active_sets(db)]
+    return render(request, "label/index.html", principal, rows=rows)
+
+
+def _work_page(request: Request, db: DB, principal: PageUser, prompt_set_id: int, mode: str) -> HTMLResponse:
+    ps = tasks.get_prompt_set(db, prompt_set_id)
+    return render(
+        request,
+        f"label/{mode}.html",
+        principal,
+        ps=ps,
+        config=_page_config(request, mode, ps.id),
+    )
+
+
+@router.get("/label/{prompt_set_id}/rank", response_class=HTMLResponse)
+def rank_page(request: Request, prompt_set_id: int, db: DB, principal: PageUser) -> HTMLResponse:
+    return _work_page(request, db, principal, prompt_set_id, "rank")
+
+
+@router.get("/label/{prompt_set_id}/demonstrate", response_class=HTMLResponse)
+def demonstrate_page(request: Request, prompt_set_id: int, db: DB, principal: PageUser) -> HTMLResponse:
+    return _work_page(request, db, principal, prompt_set_id, "demonstrate")
