@@ -216,10 +216,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_tokenizer_config_portable(policy_dir: Path) -> None:
+    """Rewrite transformers-5-only keys of ``tokenizer_config.json`` so transformers 4.x
+    (and the vLLM/TRL builds pinned to it) can load the tokenizer too.
+
+    transformers 5 writes ``"tokenizer_class": "TokenizersBackend"`` (unknown to 4.x),
+    ``extra_special_tokens`` as a list (4.x expects a dict there; both read
+    ``additional_special_tokens``) and load-time flags (``is_local``,
+    ``local_files_only``). Both versions load the rewritten file as a fast tokenizer.
+    """
+    path = policy_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        additional = list(config.get("additional_special_tokens") or [])
+        config["additional_special_tokens"] = additional + [t for t in extra if t not in additional]
+        del config["extra_special_tokens"]
+    for load_flag in ("is_local", "local_files_only"):
+        config.pop(load_flag, None)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def save_policy_atomic(model: Any, tokenizer: Any, dest: str | os.PathLike[str]) -> Path:
     """Write a policy (safetensors, tokenizer, generation config) to ``dest`` atomically.
 
-    Everything is written into ``dest.parent / ".tmp-{dest.name}-{uuid}"``, fsynced and
+    The tokenizer config is made loadable by transformers 4.x as well
+    (:func:`make_tokenizer_config_portable`). Everything is written into
+    ``dest.parent / ".tmp-{dest.name}-{uuid}"``, fsynced and
     renamed into place, so ``dest`` is either absent or complete. Raises
     :class:`FileExistsError` when ``dest`` exists; the temporary directory is removed on
     any failure.
@@ -232,6 +259,7 @@ def save_policy_atomic(model: Any, tokenizer: Any, dest: str | os.PathLike[str])
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        make_tokenizer_config_portable(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         _fsync_tree(tmp)

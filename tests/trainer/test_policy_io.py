@@ -145,6 +145,20 @@ def test_save_policy_atomic_round_trip(tiny_policy_dir: Path, tmp_path: Path) ->
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
 
 
+def test_saved_tokenizer_config_is_portable(tiny_policy_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = load_policy(tiny_policy_dir, device="cpu")
+    dest = save_policy_atomic(model, tokenizer, tmp_path / "v1")
+    config = json.loads((dest / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"  # not the 5.x-only TokenizersBackend
+    assert "extra_special_tokens" not in config
+    assert config["additional_special_tokens"] == ["<|im_start|>"]
+    assert "local_files_only" not in config and "is_local" not in config
+    _, reloaded = load_policy(dest, device="cpu")
+    assert "<|im_start|>" in reloaded.all_special_tokens
+    assert reloaded.chat_template == tokenizer.chat_template
+    assert reloaded("<|im_start|>user")["input_ids"] == tokenizer("<|im_start|>user")["input_ids"]
+
+
 def test_save_policy_atomic_refuses_existing_dest(tiny_policy_dir: Path, tmp_path: Path) -> None:
     model, tokenizer = load_policy(tiny_policy_dir, device="cpu")
     dest = tmp_path / "v1"
