@@ -107,6 +107,9 @@ def test_expired_lease_frees_its_slot_and_the_old_holder_gets_409(client, databa
     assert r.status_code == 409 and "expired" in r.json()["detail"] and "slot" in r.json()["detail"]
     r = client.post(f"/api/v1/tasks/{ta['id']}/renew", headers=a.headers)
     assert r.status_code == 409
+    assert _next(client, a, set_id).status_code == 204  # the only prompt is b's now
+    with database.session() as db:
+        assert db.get(Task, ta["id"]).status == "expired"
     assert _rank_all(client, b, tb).status_code == 201
 
 
@@ -119,6 +122,10 @@ def test_expired_lease_whose_slot_is_still_free_can_be_submitted_and_renewed(cli
     r = client.post(f"/api/v1/tasks/{t1['id']}/renew", headers=labeler.headers)
     assert r.status_code == 200 and r.json()["status"] == "leased"
     assert r.json()["lease_expires_at"] > t1["lease_expires_at"]
+    _expire(database, t1["id"])
+    # back after the lease ran out: the same task again, with a fresh lease
+    again = _next(client, labeler, set_id).json()
+    assert again["id"] == t1["id"] and again["lease_expires_at"] > t1["lease_expires_at"]
     _expire(database, t1["id"])
     assert _rank_all(client, labeler, t1).status_code == 201
 
@@ -322,3 +329,19 @@ def test_auth_is_required_and_cookie_writes_need_csrf(client, database, labeler)
     assert r.status_code == 200
     with database.session() as db:
         assert db.scalar(select(PromptSet.id).where(PromptSet.id == set_id)) == set_id
+
+
+def test_label_pages_need_login_and_name_unknown_sets(client, database, labeler) -> None:
+    with database.session() as db:
+        ps, _, _ = ready_set(db, "pages", n_prompts=1, k=2)
+        set_id = ps.id
+    r = client.get(f"/label/{set_id}/rank", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    login(client, labeler.username)
+    page = client.get("/label")
+    assert page.status_code == 200 and "pages" in page.text and f"/label/{set_id}/rank" in page.text
+    rank = client.get(f"/label/{set_id}/rank")
+    assert rank.status_code == 200 and 'id="label-config"' in rank.text and "/static/label.js" in rank.text
+    assert client.get(f"/label/{set_id}/demonstrate").status_code == 200
+    missing = client.get("/label/31337/rank", headers={"Accept": "text/html"})
+    assert missing.status_code == 404 and "prompt set 31337 not found" in missing.text

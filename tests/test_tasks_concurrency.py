@@ -134,6 +134,9 @@ def _act(db, user: User, task: Task | None, abandoned: set[int], rng: random.Ran
             return _submit(db, user, abandoned.pop(), now, late=True)
         return "empty"
     if task.id in abandoned:
+        if task.lease_expires_at - now >= timedelta(minutes=LEASE_MINUTES):  # revived for us after expiry
+            abandoned.discard(task.id)
+            return _submit(db, user, task.id, now)
         return "held"
     roll = rng.random()
     if roll < 0.65:
@@ -159,3 +162,34 @@ def _submit(db, user: User, task_id: int, now: datetime, late: bool = False) -> 
             return "late_rejected"
         raise
     return "submitted"
+
+
+def test_transact_retries_deadlocks_and_serialization_failures_but_nothing_else(database) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT 1", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
+        if len(calls) == 2:
+            raise OperationalError("SELECT 1", {}, psycopg.errors.SerializationFailure("could not serialize"))
+        return "done"
+
+    with database.sessionmaker() as db:
+        assert tasks.transact(db, flaky) == "done" and len(calls) == 3
+        calls.clear()
+
+        def broken() -> None:
+            calls.append(1)
+            raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+
+        try:
+            tasks.transact(db, broken)
+        except IntegrityError:
+            pass
+        else:
+            raise AssertionError("an integrity error must not be retried")
+        assert len(calls) == 1

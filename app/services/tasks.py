@@ -333,6 +333,26 @@ def next_task(
     held = held_task(db, user.id, ps.id, kind, now)
     if held is not None:
         return held
+    # Back after the lease ran out (a break, a reload): the same task again if its slot
+    # is still free, so the page can restore what the labeler had entered.
+    stale = db.scalar(
+        select(Task)
+        .where(
+            Task.labeler_id == user.id,
+            Task.prompt_set_id == ps.id,
+            Task.kind == kind,
+            or_(Task.status == "expired", and_(Task.status == "leased", Task.lease_expires_at <= now)),
+        )
+        .order_by(Task.lease_expires_at.desc(), Task.id.desc())
+        .limit(1)
+    )
+    if stale is not None:
+        prompt = lock_prompt(db, stale.prompt_id)
+        if check_slot(db, prompt, kind, user.id, ps.overlap, now, exclude_task_id=stale.id).ok:
+            stale.status = "leased"
+            stale.lease_expires_at = now + timedelta(minutes=lease_minutes)
+            db.flush()
+            return stale
     db.execute(
         update(Task)
         .where(Task.labeler_id == user.id, Task.status == "leased", Task.lease_expires_at <= now)
