@@ -201,12 +201,13 @@ def load_round_data(
         p = prompts[prompt_id]
         return (p.text, p.messages)
 
-    train_ids = list(ids["prompts_train"])
-    val_ids = list(ids["prompts_validation"])
+    # Rows deleted since the snapshot (a prompt set removed) are simply gone.
+    train_ids = [i for i in ids["prompts_train"] if i in prompts]
+    val_ids = [i for i in ids["prompts_validation"] if i in prompts]
     if max_train_prompts is not None:
         train_ids = train_ids[:max_train_prompts]
     data.train_prompts = [as_prompt(i) for i in train_ids]
-    eval_ids = val_ids or list(ids["prompts_train"])
+    eval_ids = val_ids or [i for i in ids["prompts_train"] if i in prompts]
     if max_eval_prompts is not None:
         eval_ids = eval_ids[:max_eval_prompts]
     data.eval_prompts = [as_prompt(i) for i in eval_ids]

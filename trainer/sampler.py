@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import text
+
 from app.config import Settings
 from app.db import Database
 from app.models import DEFAULT_SAMPLING, Policy
@@ -248,6 +250,8 @@ class Sampler:
             for r in results
         ]
         with self.database.session() as db:
+            if self.database.is_sqlite:  # the recheck and the inserts as one atomic step
+                db.execute(text("BEGIN IMMEDIATE"))
             deployed = policies.deployed_policy(db)
             if deployed is None or deployed.id != self.loaded.id:
                 logger.info(

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from app.cli.context import configure_logging, console, err_console, session_scope, settings
 from app.models import PromptSet, TrainingRun
-from app.services import training
+from app.services import training, workers
 from app.services.errors import Invalid
 
 STAGE_LABELS = {"snapshot": "snapshot", "sft": "SFT", "rm": "reward model", "ppo": "PPO",
@@ -66,6 +66,11 @@ def wait_for_run(run_id: int, poll_s: float = 1.0) -> str:
                 status, stage, value = run.status, run.stage, run.progress
                 plan = training.progress_plan(list(run.stages or []))
                 described = _describe(run)
+                waiting = ""
+                if status == "queued":
+                    timeout = settings().heartbeat_timeout_s
+                    if not any(workers.is_alive(w, timeout) for w in workers.list_workers(db)):
+                        waiting = "queued: no live worker, start `rlhf worker`"
             for line in logs:
                 style = {"error": "red", "warning": "yellow"}.get(line.level, "dim")
                 progress.console.print(f"[{style}]{line.created_at:%H:%M:%S} {line.message}[/{style}]", highlight=False)
@@ -80,7 +85,7 @@ def wait_for_run(run_id: int, poll_s: float = 1.0) -> str:
                     done = 1.0 if status == "succeeded" else min(1.0, max(0.0, (value - start) / span))
                     note = series_tail if part == stage and status == "running" else ""
                     progress.update(bars[part], completed=done, note=note)
-            progress.update(overall, completed=value if status != "succeeded" else 1.0, note=status)
+            progress.update(overall, completed=value if status != "succeeded" else 1.0, note=waiting or status)
             if status in training.FINISHED:
                 break
             time.sleep(poll_s)
