@@ -230,6 +230,23 @@ def test_round_without_rankings_skips_rm_and_ppo_and_says_why(settings, database
         assert "win_rate" not in v1.metrics and "kl_from_prev" in v1.metrics
 
 
+def test_without_demonstrations_the_reward_bias_is_set_on_policy_samples(settings, database, tiny_base) -> None:
+    s = fast_settings(settings)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    set_id = labeled_set(database, v0.id, rankings=5, demonstrations=0)
+    run_id = create_run(database, [set_id], stages=["rm", "ppo"], config={**TINY_CONFIG, "ppo_iterations": 1})
+    TrainerWorker(s, database, sampler=False).run_once()
+    run = run_state(database, run_id)
+    assert run.status == "succeeded", (run.error, logs_of(database, run_id))
+    assert "bias set so 8 policy samples score mean 0" in logs_of(database, run_id)
+    assert "sft" not in run.metrics and "skipped" not in run.metrics
+    with database.session() as db:
+        policy = db.get(Policy, run.policy_id)
+        assert policy.metrics["stages"] == ["ppo"] and policy.metrics["reward_model_id"] == run.metrics["reward_model_id"]
+        rm = db.get(RewardModel, run.metrics["reward_model_id"])
+        assert rm.version == 1 and rm.artifact_path == "reward_models/v1"
+
+
 def test_a_round_with_nothing_to_train_registers_nothing(settings, database, tiny_base) -> None:
     s = fast_settings(settings)
     v0 = bootstrap_v0(s, database, tiny_base)
