@@ -15,7 +15,7 @@ from app.models import AuditLog, Completion, Policy, Task
 from app.models.base import utcnow
 from app.services import policies
 from tests.factories import make_completions, make_policy, make_prompt_set, make_prompts
-from tests.test_round import make_labeler, tiny_base  # noqa: F401 (fixture)
+from tests.test_round import make_labeler, single_torch_thread, tiny_base  # noqa: F401 (fixtures)
 from trainer.policy_io import validate_policy_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def rlhf(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
         [sys.executable, "-m", "app.cli", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
         cwd=ROOT,
         timeout=300,
     )

@@ -47,6 +47,18 @@ GOOD = ["a clear and polite answer", "yes, thank you, the answer is clear", "a g
 BAD = ["no", "bad", "maybe"]
 
 
+@pytest.fixture(autouse=True)
+def single_torch_thread():  # type: ignore[no-untyped-def]
+    """One intra-op thread: the tiny model gains nothing from more, and on a busy 2-core
+    machine a 2-thread barrier makes every op wait (see docs/training.md)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama checkpoint (the base policy v0 is copied from it)."""
@@ -337,7 +349,7 @@ def test_rlhf_train_round_wait_follows_the_run_to_its_end(settings, database, db
     s = fast_settings(settings)
     v0 = bootstrap_v0(s, database, tiny_base)
     labeled_set(database, v0.id, "cli-set", rankings=0, demonstrations=2)
-    env = {**os.environ, "RLHF_DATABASE_URL": db_url, "RLHF_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "120"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_DATABASE_URL": db_url, "RLHF_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "120"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "train", "round", "--set", "cli-set", "--stages", "sft",
          "--config", '{"sft_batch_size": 2, "sft_max_length": 64, "eval_prompts": 2, "eval_max_new_tokens": 4}', "--wait"],

@@ -14,7 +14,13 @@ from app.models import Completion, Policy, Task
 from app.models.base import utcnow
 from app.services import policies
 from tests.factories import make_prompt_set, make_prompts
-from tests.test_round import bootstrap_v0, fast_settings, make_labeler, tiny_base  # noqa: F401 (fixture)
+from tests.test_round import (  # noqa: F401 (fixtures)
+    bootstrap_v0,
+    fast_settings,
+    make_labeler,
+    single_torch_thread,
+    tiny_base,
+)
 from trainer import artifacts
 from trainer.sampler import Sampler
 from trainer.tiny import build_tiny_policy

@@ -26,6 +26,7 @@ from tests.test_round import (  # noqa: F401 (tiny_base is a fixture)
     labeled_set,
     logs_of,
     run_state,
+    single_torch_thread,
     tiny_base,
 )
 from trainer.worker import TrainerWorker
@@ -123,6 +124,7 @@ def _worker_env(settings, db_url: str) -> dict[str, str]:  # type: ignore[no-unt
         "RLHF_HEARTBEAT_TIMEOUT_S": "3",
         "RLHF_WORKER_POLL_S": "0.2",
         "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
 

@@ -387,7 +387,9 @@ class _Round:
         )
         self.metrics["sft"] = metrics
         self.control.log("sft done: " + _fmt(metrics, ("train_loss", "val_loss_before", "val_loss_after", "steps")))
-        return self.accelerator.unwrap_model(model)
+        model = self.accelerator.unwrap_model(model)
+        self.accelerator.free_memory()  # drop Accelerate's references to the optimizer state
+        return model
 
     def _reward_model(self, model: Any, data: RoundData, config: dict[str, Any]) -> tuple[Any, int]:
         from trainer.stages import RewardModel, RMConfig, normalize_reward_bias, train_reward_model
@@ -417,6 +419,7 @@ class _Round:
             should_stop=self.control.should_stop,
         )
         rm = self.accelerator.unwrap_model(rm)
+        self.accelerator.free_memory()
         self.control.check()
         limit = int(config["rm_normalize_examples"])
         demos = data.demonstrations
@@ -540,7 +543,8 @@ class _Round:
         del ref, value
         self.metrics["ppo"] = metrics
         self.control.log("ppo done: " + _fmt(metrics, ("score_first", "score", "kl", "entropy", "iterations")))
-        return self.accelerator.unwrap_model(model)
+        self.accelerator.free_memory()
+        return model
 
     def _evaluate(
         self, model: Any, rm: Any, base: Policy, base_dir: Path, data: RoundData, config: dict[str, Any]
