@@ -1,0 +1,144 @@
+"""Issue 8's authorization matrix and session checks.
+
+The matrix is generated from the application's route table, so a route added later is
+covered without touching this file: every route is called as anonymous, labeler and admin.
+Routes open to labelers are listed here on purpose; any other route is admin-only.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from tests.conftest import login
+
+PUBLIC = {("GET", "/api/v1/health"), ("GET", "/login"), ("POST", "/login"), ("GET", "/")}
+LABELER_API = re.compile(r"^/api/v1/(me|tasks(/.*)?)$")
+LABELER_PAGES = re.compile(r"^/(label(/.*)?|logout)$")
+MISSING_ID = "987654"
+
+
+def _walk(routes, prefix: str = ""):  # type: ignore[no-untyped-def]
+    """Every APIRoute with its full path; FastAPI >= 0.16x keeps included routers lazily."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield prefix + route.path, route.methods
+        elif hasattr(route, "original_router"):
+            yield from _walk(route.original_router.routes, prefix + route.include_context.prefix)
+
+
+def _routes(app) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    out = set()
+    for path, methods in _walk(app.routes):
+        for method in methods - {"HEAD", "OPTIONS"}:
+            out.add((method, path))
+    return sorted(out)
+
+
+def _url(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", MISSING_ID, path)
+
+
+def _call(client: TestClient, method: str, path: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    kwargs: dict = {"headers": headers or {}, "follow_redirects": False}
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        kwargs["json"] = {}
+    return client.request(method, _url(path), **kwargs)
+
+
+def test_route_table_is_not_empty(app) -> None:
+    routes = _routes(app)
+    assert ("POST", "/api/v1/tasks/next") in routes and ("POST", "/api/v1/training/rounds") in routes
+    assert len(routes) > 30
+
+
+def test_anonymous_gets_401_on_api_and_login_redirect_on_pages(app, client) -> None:
+    failures = []
+    for method, path in _routes(app):
+        if (method, path) in PUBLIC:
+            continue
+        r = _call(client, method, path)
+        if path.startswith("/api/"):
+            ok = r.status_code == 401
+        else:
+            ok = r.status_code == 303 and r.headers["location"].startswith("/login")
+        if not ok:
+            failures.append(f"{method} {path}: {r.status_code}")
+    assert not failures, "routes reachable without login:\n" + "\n".join(failures)
+
+
+def test_labeler_is_refused_everywhere_outside_the_labeler_routes(app, client, labeler) -> None:
+    csrf = login(client, labeler.username)
+    failures = []
+    for method, path in _routes(app):
+        if (method, path) in PUBLIC:
+            continue
+        if path.startswith("/api/"):
+            r = _call(client, method, path, labeler.headers)
+            allowed = bool(LABELER_API.match(path))
+        else:
+            r = _call(client, method, path, {"X-CSRF-Token": csrf})
+            allowed = bool(LABELER_PAGES.match(path))
+        if allowed and r.status_code in (401, 403):
+            failures.append(f"{method} {path}: labeler refused with {r.status_code}")
+        if not allowed and r.status_code != 403:
+            failures.append(f"{method} {path}: labeler got {r.status_code}, expected 403")
+    assert not failures, "\n".join(failures)
+
+
+def test_admin_is_let_through_everywhere(app, client, admin) -> None:
+    csrf = login(client, admin.username)
+    failures = []
+    for method, path in _routes(app):
+        if path.startswith("/api/"):
+            r = _call(client, method, path, admin.headers)
+        else:
+            if path == "/logout":
+                continue  # would end the session the rest of the loop uses
+            r = _call(client, method, path, {"X-CSRF-Token": csrf})
+        if r.status_code in (401, 403) or r.status_code >= 500:
+            failures.append(f"{method} {path}: admin got {r.status_code}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/logout")])
+def test_page_posts_without_csrf_are_403(client, admin, method, path) -> None:
+    login(client, admin.username)
+    assert client.request(method, path, data={}).status_code == 403
+
+
+def test_every_page_form_post_checks_csrf(app, client, admin) -> None:
+    """A session without the CSRF token is refused on every page POST."""
+    login(client, admin.username)
+    failures = []
+    for method, path in _routes(app):
+        if path.startswith("/api/") or method != "POST" or (method, path) in PUBLIC:
+            continue
+        r = client.post(_url(path), data={"csrf_token": "forged"}, follow_redirects=False)
+        if r.status_code != 403:
+            failures.append(f"POST {path}: {r.status_code}")
+    assert not failures, "page posts that skip the CSRF check:\n" + "\n".join(failures)
+
+
+def test_cookie_api_writes_without_csrf_header_are_403(app, client, admin) -> None:
+    login(client, admin.username)
+    failures = []
+    for method, path in _routes(app):
+        if not path.startswith("/api/") or method == "GET" or (method, path) in PUBLIC:
+            continue
+        r = client.request(method, _url(path), json={})
+        if r.status_code != 403:
+            failures.append(f"{method} {path}: {r.status_code}")
+    assert not failures, "\n".join(failures)
+
+
+def test_disabling_a_user_ends_their_sessions_and_tokens_at_once(client, admin, labeler) -> None:
+    other = TestClient(client.app)
+    login(other, labeler.username)
+    assert other.get("/label").status_code == 200
+    client.patch(f"/api/v1/users/{labeler.id}", json={"is_active": False}, headers=admin.headers)
+    assert other.get("/label", follow_redirects=False).status_code == 303
+    assert client.get("/api/v1/me", headers=labeler.headers).status_code == 401
