@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select
 
-from app.models import Completion, Prompt, Ranking, Task
+from app.models import AuditLog, Completion, Prompt, Ranking, Task
 from app.models.base import utcnow
 from app.services import exports
 from app.services.users import create_user
@@ -298,3 +298,11 @@ def test_cli_export(db_url, data, tmp_path) -> None:
     assert r.returncode == 1 and "unknown export 'pairs'" in r.stderr
     r = _rlhf(["export", "comparisons", "--set", "nope", "--out", str(out)], env)
     assert r.returncode == 1 and "no prompt set named 'nope'" in r.stderr
+
+
+def test_downloads_are_in_the_audit_log(client, admin, data, database) -> None:
+    client.get(f"/api/v1/exports/rankings.csv?prompt_set_id={data['set_id']}&split=train", headers=admin.headers)
+    with database.session() as db:
+        entry = db.scalar(select(AuditLog).where(AuditLog.action == "export.download"))
+    assert entry.actor_id == admin.id and entry.target_id == "rankings.csv"
+    assert entry.detail == {"conversational": False, "prompt_set_id": data["set_id"], "split": "train"}

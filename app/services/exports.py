@@ -1,7 +1,7 @@
 """Streamed exports of comparisons, rankings and demonstrations (JSONL or CSV).
 
-Rows are read in keyset-paginated batches (``WHERE id > last ORDER BY id LIMIT n``) with
-only plain column tuples, so memory stays constant whatever the table size, no cursor or
+Rows are read in keyset-paginated batches (``WHERE id > last ORDER BY id LIMIT n``) as
+plain column tuples, so memory stays constant whatever the table size, no cursor or
 transaction stays open while a slow client downloads, and SQLite and PostgreSQL behave
 the same. Only ``active`` rankings and demonstrations are exported; gold prompts are left
 out unless ``include_gold``.
@@ -29,7 +29,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -70,6 +70,11 @@ class ExportFilter:
     include_gold: bool = False
 
     def check(self) -> None:
+        """Validate, and read naive datetimes as UTC (rows carry aware UTC times)."""
+        if self.since is not None and self.since.tzinfo is None:
+            self.since = self.since.replace(tzinfo=UTC)
+        if self.until is not None and self.until.tzinfo is None:
+            self.until = self.until.replace(tzinfo=UTC)
         if self.split is not None and self.split not in ("train", "validation"):
             raise Invalid(f"split must be train or validation, not {self.split!r}")
         if self.since and self.until and self.since >= self.until:
@@ -93,32 +98,40 @@ def _answer(text: str, conversational: bool) -> Any:
     return [{"role": "assistant", "content": text}] if conversational else text
 
 
-def _apply_common(query: Select, model: type[Ranking] | type[Demonstration], flt: ExportFilter) -> Select:
-    query = query.where(model.status == "active")
-    if flt.prompt_set_id is not None:
-        query = query.where(Prompt.prompt_set_id == flt.prompt_set_id)
-    if flt.split is not None:
-        query = query.where(Prompt.split == flt.split)
-    if not flt.include_gold:
-        query = query.where(Prompt.is_gold.is_(False))
-    if flt.labeler is not None:
-        query = query.where(User.username == flt.labeler)
-    if flt.since is not None:
-        query = query.where(model.created_at >= flt.since)
-    if flt.until is not None:
-        query = query.where(model.created_at < flt.until)
-    return query
+FILTER_COLUMNS = (Prompt.prompt_set_id, Prompt.is_gold, Prompt.split, User.username)
 
 
-def _batches(db: Session, query: Select, id_col: Any, batch: int) -> Iterator[list[Any]]:
-    """Keyset pagination over ``query`` by ``id_col`` (constant memory)."""
+def _keep(flt: ExportFilter, row: Any) -> bool:
+    """The filters, applied to a fetched row (see :func:`_batches` for why not in SQL)."""
+    return (
+        (flt.prompt_set_id is None or row.prompt_set_id == flt.prompt_set_id)
+        and (flt.split is None or row.split == flt.split)
+        and (flt.include_gold or not row.is_gold)
+        and (flt.labeler is None or row.username == flt.labeler)
+        and (flt.since is None or row.created_at >= flt.since)
+        and (flt.until is None or row.created_at < flt.until)
+    )
+
+
+def _batches(
+    db: Session, model: type[Ranking] | type[Demonstration], query: Select, flt: ExportFilter, batch: int
+) -> Iterator[list[Any]]:
+    """Keyset pagination by primary key: ``WHERE id > last AND status = 'active' ORDER BY id
+    LIMIT batch`` over ``query`` (the row joined with its prompt and labeler), then the
+    filters in Python. With the filters in SQL, SQLite's planner starts from the prompts of
+    the set and sorts every time, which makes an export quadratic; walking the primary key
+    keeps it linear on both databases and holds one batch in memory."""
     last = 0
     while True:
-        rows = db.execute(query.where(id_col > last).order_by(id_col).limit(batch)).all()
+        rows = db.execute(
+            query.where(model.id > last, model.status == "active").order_by(model.id).limit(batch)
+        ).all()
         if not rows:
             return
-        yield rows
         last = rows[-1].id
+        kept = [r for r in rows if _keep(flt, r)]
+        if kept:
+            yield kept
         if len(rows) < batch:
             return
 
@@ -129,14 +142,13 @@ def _ranking_batches(db: Session, flt: ExportFilter, batch: int) -> Iterator[tup
     query = (
         select(
             Ranking.id, Ranking.ranking, Ranking.ratings, Ranking.all_unacceptable, Ranking.prompt_id,
-            Prompt.text, Prompt.messages, Prompt.split, User.username,
+            Ranking.created_at, Prompt.text, Prompt.messages, *FILTER_COLUMNS,
         )
         .join(Prompt, Prompt.id == Ranking.prompt_id)
         .join(User, User.id == Ranking.labeler_id)
     )
-    query = _apply_common(query, Ranking, flt)
     versions: dict[int, int] = {pid: v for pid, v in db.execute(select(Policy.id, Policy.version))}
-    for rows in _batches(db, query, Ranking.id, batch):
+    for rows in _batches(db, Ranking, query, flt, batch):
         ids = {cid for r in rows for g in (r.ranking or []) for cid in g}
         completions = {
             c.id: c
@@ -215,13 +227,12 @@ def demonstration_records(
     query = (
         select(
             Demonstration.id, Demonstration.text.label("completion"), Demonstration.prompt_id,
-            Prompt.text, Prompt.messages, Prompt.split, User.username,
+            Demonstration.created_at, Prompt.text, Prompt.messages, *FILTER_COLUMNS,
         )
         .join(Prompt, Prompt.id == Demonstration.prompt_id)
         .join(User, User.id == Demonstration.labeler_id)
     )
-    query = _apply_common(query, Demonstration, flt)
-    for rows in _batches(db, query, Demonstration.id, batch):
+    for rows in _batches(db, Demonstration, query, flt, batch):
         for r in rows:
             yield {
                 "prompt": _prompt_value(r.text, r.messages, conversational),

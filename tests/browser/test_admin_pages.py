@@ -166,6 +166,7 @@ def test_every_admin_page_with_data(page, live_server, admin, make_account, data
 
     page.goto(f"{live_server}/admin/people")
     page.click("summary:has-text('Manage carol')")
+    screenshot(page, "admin-people-manage")
     page.locator("tr[data-user=carol] input[name=name]").fill("ci-script")
     page.locator("tr[data-user=carol] button:has-text('New API token')").click()
     page.wait_for_load_state("networkidle")

@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from app.deps import ApiAdmin
-from app.services import exports
+from app.deps import DB, ApiAdmin
+from app.services import audit, exports
 
 router = APIRouter(tags=["exports"])
 
@@ -35,7 +35,8 @@ def export(
     kind: Literal["comparisons", "rankings", "demonstrations"],
     fmt: Literal["jsonl", "csv"],
     request: Request,
-    _: ApiAdmin,
+    db: DB,
+    admin: ApiAdmin,
     prompt_set_id: int | None = None,
     split: Annotated[Literal["train", "validation"] | None, Query()] = None,
     policy_id: int | None = None,
@@ -58,6 +59,10 @@ def export(
     )
     flt.check()
     conversational = format == "conversational"
+    shown = {k: v for k, v in vars(flt).items() if v not in (None, False)}
+    audit.record(db, admin.user, "export.download", "export", f"{kind}.{fmt}", conversational=conversational,
+                 **{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in shown.items()})
+    db.commit()
     database = request.app.state.db
 
     def body() -> Iterator[bytes]:
