@@ -49,20 +49,18 @@ def test_validation_and_conflicts(client, admin) -> None:
     assert client.patch("/api/v1/prompt-sets/999", json={"k": 3}, headers=admin.headers).status_code == 404
 
 
-def test_labelers_read_active_and_paused_sets_but_change_nothing(client, admin, labeler) -> None:
-    ids = {}
-    for name, status in (("live", "active"), ("held", "paused"), ("old", "archived")):
-        r = client.post("/api/v1/prompt-sets", json={"name": name, "status": status}, headers=admin.headers)
-        ids[name] = r.json()["id"]
-    names = [s["name"] for s in client.get("/api/v1/prompt-sets", headers=labeler.headers).json()]
-    assert names == ["live", "held"]
-    assert client.get(f"/api/v1/prompt-sets/{ids['live']}", headers=labeler.headers).status_code == 200
-    assert client.get(f"/api/v1/prompt-sets/{ids['old']}", headers=labeler.headers).status_code == 404
-    assert client.post("/api/v1/prompt-sets", json={"name": "x"}, headers=labeler.headers).status_code == 403
-    assert client.patch(f"/api/v1/prompt-sets/{ids['live']}", json={"k": 3}, headers=labeler.headers).status_code == 403
-    assert client.get(f"/api/v1/prompt-sets/{ids['live']}/prompts", headers=labeler.headers).status_code == 403
-    assert client.get("/api/v1/prompt-sets").status_code == 401
-    assert client.post("/api/v1/prompt-sets", json={"name": "x"}).status_code == 401
+def test_prompt_set_routes_are_admin_only(client, admin, labeler) -> None:
+    set_id = client.post("/api/v1/prompt-sets", json={"name": "live"}, headers=admin.headers).json()["id"]
+    for method, path, body in (
+        ("GET", "/api/v1/prompt-sets", None),
+        ("GET", f"/api/v1/prompt-sets/{set_id}", None),
+        ("POST", "/api/v1/prompt-sets", {"name": "x"}),
+        ("PATCH", f"/api/v1/prompt-sets/{set_id}", {"k": 3}),
+        ("GET", f"/api/v1/prompt-sets/{set_id}/prompts", None),
+    ):
+        assert client.request(method, path, json=body, headers=labeler.headers).status_code == 403, path
+        assert client.request(method, path, json=body).status_code == 401, path
+    assert client.get(f"/api/v1/prompt-sets/{set_id}", headers=admin.headers).json()["name"] == "live"
 
 
 def test_demonstration_share_change_redraws_every_prompt(client, admin, database) -> None:

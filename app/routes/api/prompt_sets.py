@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.deps import DB, ApiAdmin, ApiUser, Principal
-from app.models import Completion, PromptSet
+from app.deps import DB, ApiAdmin
+from app.models import Completion
 from app.schemas.prompt_sets import (
     CompletionOut,
     GoldIn,
@@ -26,19 +26,17 @@ from app.schemas.prompt_sets import (
     PromptSetUpdate,
 )
 from app.services import gold, imports, prompt_sets
-from app.services.errors import Invalid, NotFound
+from app.services.errors import Invalid
 
 router = APIRouter(tags=["prompt_sets"])
 
-VISIBLE_TO_LABELERS = ("active", "paused")
 MULTIPART_SLACK = 64 * 1024
 
 
 @router.get("/prompt-sets", response_model=list[PromptSetOut])
-def list_prompt_sets(db: DB, principal: ApiUser) -> list[PromptSetOut]:
-    """All sets for admins; active and paused sets for labelers."""
-    statuses = None if principal.user.is_admin else VISIBLE_TO_LABELERS
-    return [PromptSetOut.model_validate(ps) for ps in prompt_sets.list_prompt_sets(db, statuses)]
+def list_prompt_sets(db: DB, _: ApiAdmin) -> list[PromptSetOut]:
+    """Every set (admin; labelers see the sets they can work on through the tasks API)."""
+    return [PromptSetOut.model_validate(ps) for ps in prompt_sets.list_prompt_sets(db)]
 
 
 @router.post("/prompt-sets", response_model=PromptSetOut, status_code=201)
@@ -48,16 +46,9 @@ def create_prompt_set(body: PromptSetCreate, db: DB, admin: ApiAdmin) -> PromptS
     return PromptSetOut.model_validate(ps)
 
 
-def _visible_set(db: Session, principal: Principal, prompt_set_id: int) -> PromptSet:
-    ps = prompt_sets.get_prompt_set(db, prompt_set_id)
-    if not principal.user.is_admin and ps.status not in VISIBLE_TO_LABELERS:
-        raise NotFound(f"prompt set {prompt_set_id} not found")
-    return ps
-
-
 @router.get("/prompt-sets/{prompt_set_id}", response_model=PromptSetOut)
-def get_prompt_set(prompt_set_id: int, db: DB, principal: ApiUser) -> PromptSetOut:
-    return PromptSetOut.model_validate(_visible_set(db, principal, prompt_set_id))
+def get_prompt_set(prompt_set_id: int, db: DB, _: ApiAdmin) -> PromptSetOut:
+    return PromptSetOut.model_validate(prompt_sets.get_prompt_set(db, prompt_set_id))
 
 
 @router.patch("/prompt-sets/{prompt_set_id}", response_model=PromptSetOut)

@@ -220,13 +220,14 @@ async def _import_upload(request: Request, db: Session, principal: Principal, ps
 async def prompt_set_post(prompt_set_id: int, request: Request, db: DB, principal: PageAdmin) -> Response:
     length = request.headers.get("content-length", "")
     limit = request.app.state.settings.max_upload_bytes
-    ps = prompt_sets.get_prompt_set(db, prompt_set_id)
     if length.isdigit() and int(length) > limit + 64 * 1024:  # the file plus the form's other fields
+        # Answered before the body is read (so before its CSRF field can be); it changes nothing.
         return _set_page(
-            request, db, principal, ps, 413,
+            request, db, principal, prompt_sets.get_prompt_set(db, prompt_set_id), 413,
             import_error=f"the upload is over the limit of {limit} bytes (RLHF_MAX_UPLOAD_BYTES)",
         )
     await verify_form_csrf(request, principal)
+    ps = prompt_sets.get_prompt_set(db, prompt_set_id)
     form = await request.form()
     action = _text(form, "action")
     try:
