@@ -75,10 +75,10 @@ IMPORT_DOC: dict[str, Any] = {
             "text/csv": {"schema": {"type": "string"}},
         },
     },
-    "responses": {
-        "413": {"description": "the upload is over RLHF_MAX_UPLOAD_BYTES"},
-        "422": {"description": "bad lines (nothing imported)", "model": ImportErrorOut},
-    },
+}
+IMPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"description": "the upload is over RLHF_MAX_UPLOAD_BYTES"},
+    422: {"description": "bad lines (nothing imported)", "model": ImportErrorOut},
 }
 
 
@@ -116,6 +116,7 @@ def _import_failed(exc: imports.ImportFailed) -> JSONResponse:
 @router.post(
     "/prompt-sets/{prompt_set_id}/prompts",
     response_model=ImportResultOut,
+    responses=IMPORT_RESPONSES,
     openapi_extra=IMPORT_DOC,
 )
 async def import_prompts(prompt_set_id: int, request: Request, db: DB, admin: ApiAdmin) -> Response:
