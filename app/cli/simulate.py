@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -26,11 +27,17 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="directory for the CSV and the PNG plot")] = Path(
             "data/simulation"
         ),
-        seed: int = 0,
+        seed: Annotated[int, typer.Option(help="seed of the labelers' noise")] = 0,
+        idle_timeout: Annotated[
+            float, typer.Option(help="seconds a labeler waits for the sampler without getting a task")
+        ] = 900.0,
     ) -> None:
         """Label -> train -> deploy -> label again, with a scripted preference; prints a per-round table."""
         from rich.table import Table
 
+        import httpx
+
+        from app.simulation.client import ApiError
         from app.simulation.loop import Simulation, SimulationConfig, table, write_csv, write_plot
 
         try:
@@ -50,13 +57,23 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             out_dir=out,
             train_config=train_config,
+            idle_timeout_s=idle_timeout,
         )
         try:
-            sim = Simulation(cfg, progress=lambda msg: console.print(f"[dim]{msg}[/dim]"))
-            rows = sim.run()
-        except (ValueError, RuntimeError, TimeoutError) as exc:
+            sim = Simulation(cfg, progress=lambda msg: console.print(f"[dim]{time.strftime('%H:%M:%S')} {msg}[/dim]"))
+        except (ValueError, RuntimeError, ApiError) as exc:
             err_console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
+        failed: Exception | None = None
+        try:
+            rows = sim.run()
+        except (ValueError, RuntimeError, TimeoutError, ApiError, httpx.HTTPError) as exc:
+            failed, rows = exc, sim.rows  # report the rounds that finished
+        finally:
+            sim.close()
+        if not rows:
+            err_console.print(f"[red]error:[/red] {failed}")
+            raise typer.Exit(1)
         header, *body = table(rows)
         t = Table(title=f"simulated labelers, preference '{preference}' (validation prompts)")
         for h in header:
@@ -67,3 +84,6 @@ def register(app: typer.Typer) -> None:
         csv_path = write_csv(rows, out / "simulation.csv")
         png_path = write_plot(rows, out / "simulation.png", preference)
         console.print(f"wrote {csv_path}" + (f" and {png_path}" if png_path else ""))
+        if failed is not None:
+            err_console.print(f"[red]error:[/red] {failed}")
+            raise typer.Exit(1)

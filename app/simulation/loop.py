@@ -6,9 +6,16 @@ Everything goes through the real HTTP API with bearer tokens. Each round:
 2. they claim rank tasks concurrently and rank the K completions by the preference
    (each adjacent pair flipped with probability ``flip_prob``), and write demonstrations
    (the best of the prompt's policy samples under the preference);
-3. the validation completions of the serving policy are scored (the round's table row);
-4. a training round is started with deploy on, and awaited;
-5. the simulator waits until the sampler serves the new policy.
+3. the validation completions of the serving policy are scored (the round's table row):
+   the preference's mean score, the win rate against the previous policy's completions
+   under the preference, KL from v0 (the trainer's evaluation) and the held-out accuracy
+   of the reward model that the round trained;
+4. a training round is started with deploy on (``POST /training/rounds``), and awaited;
+5. the simulator waits until a live worker's sampler has loaded the new policy.
+
+Labelers stop when their ``/tasks/progress`` shows nothing left to rank and nothing
+waiting for the sampler, so the pass covers every prompt of the set once per policy
+(rank slots are per prompt and policy).
 
 After the last round one more labeling pass produces the final policy's completions,
 so every policy in the table is measured the same way.
@@ -28,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.simulation.client import ApiError, StudioClient
+from app.simulation.client import StudioClient
 from app.simulation.preferences import Preference, load_preference, rank_by_preference
 
 log = logging.getLogger(__name__)
@@ -47,8 +54,9 @@ class SimulationConfig:
     seed: int = 0
     out_dir: Path = Path("data/simulation")
     train_config: dict[str, Any] = field(default_factory=dict)
-    idle_timeout_s: float = 60.0
+    idle_timeout_s: float = 900.0
     round_timeout_s: float = 3600.0
+    poll_s: float = 1.0
 
 
 @dataclass
@@ -62,20 +70,12 @@ class RoundRow:
     rm_accuracy: float | None
     rankings: int
     demonstrations: int
+    mean_words: float | None = None
     run_id: int | None = None
     note: str = ""
 
 
 Progress = Callable[[str], None]
-
-
-def _noisy(ranking: list[list[int]], flip_prob: float, rng: random.Random) -> list[list[int]]:
-    """Swap adjacent groups with probability flip_prob (simulated labeler noise)."""
-    groups = [list(g) for g in ranking]
-    for i in range(len(groups) - 1):
-        if rng.random() < flip_prob:
-            groups[i], groups[i + 1] = groups[i + 1], groups[i]
-    return groups
 
 
 class Simulation:
@@ -85,10 +85,14 @@ class Simulation:
         self.preference: Preference = load_preference(cfg.preference)
         self.progress = progress or (lambda msg: log.info(msg))
         self.rng = random.Random(cfg.seed)
+        self.rows: list[RoundRow] = []
         sets = [s for s in self.admin.prompt_sets() if s["name"] == cfg.prompt_set]
         if not sets:
             raise ValueError(f"no prompt set named {cfg.prompt_set!r}")
         self.prompt_set = sets[0]
+
+    def close(self) -> None:
+        self.admin.close()
 
     # --- labeling ----------------------------------------------------------------------
     def _labelers(self, round_no: int) -> list[StudioClient]:
@@ -100,38 +104,37 @@ class Simulation:
         return clients
 
     def _rank_loop(self, client: StudioClient, seed: int) -> int:
+        """Claim and rank until nothing is left for this labeler; returns the rankings written.
+
+        A 204 from ``/tasks/next`` while the sampler is still producing completions is not
+        the end: the labeler's ``/tasks/progress`` says how many prompts wait for completions.
+        It stops when none is left to rank or to wait for, or after ``idle_timeout_s``
+        without a task.
+        """
         rng = random.Random(seed)
         done = 0
         idle_since: float | None = None
+        set_id = self.prompt_set["id"]
         while True:
-            task = client.next_task(self.prompt_set["id"], "rank")
+            task = client.next_task(set_id, "rank")
             if task is None:
-                # The sampler may still be filling the buffer; wait a while before giving up.
-                idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since > self.cfg.idle_timeout_s or self._all_ranked():
+                progress = client.get("/tasks/progress", prompt_set_id=set_id)
+                if progress["rank_left"] == 0 and progress["waiting_for_completions"] == 0:
                     return done
-                time.sleep(1.0)
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > self.cfg.idle_timeout_s:
+                    log.warning("labeler gave up after %.0f s without a task: %s", self.cfg.idle_timeout_s, progress)
+                    return done
+                time.sleep(self.cfg.poll_s)
                 continue
             idle_since = None
             completions = [(c["id"], c["text"]) for c in task["completions"]]
-            ranking = _noisy(rank_by_preference(self.preference, task["prompt"], completions), self.cfg.flip_prob, rng)
+            ranking = noisy(rank_by_preference(self.preference, task["prompt"], completions), self.cfg.flip_prob, rng)
             client.submit_ranking(task["id"], ranking, time_spent_s=0.0)
             done += 1
 
-    def _all_ranked(self) -> bool:
-        try:
-            stats = self.admin.get("/stats", prompt_set_id=self.prompt_set["id"])
-        except ApiError:
-            return False
-        progress = stats.get("progress") or stats.get("sets") or []
-        for entry in progress if isinstance(progress, list) else [progress]:
-            if entry.get("prompt_set_id", self.prompt_set["id"]) == self.prompt_set["id"]:
-                remaining = entry.get("remaining_rank_slots")
-                if remaining is not None:
-                    return remaining == 0
-        return False
-
     def _demonstrate(self, clients: list[StudioClient], policy_id: int) -> int:
+        """Up to ``demonstrations`` demonstrations: the best of the prompt's samples under the preference."""
         written = 0
         for client in itertools.islice(itertools.cycle(clients), self.cfg.demonstrations * 2):
             if written >= self.cfg.demonstrations:
@@ -139,7 +142,7 @@ class Simulation:
             task = client.next_task(self.prompt_set["id"], "demonstrate")
             if task is None:
                 break
-            samples = self.admin.completions(prompt_id=task.get("prompt_id"), policy_id=policy_id)
+            samples = self.admin.completions(prompt_id=task["prompt_id"], policy_id=policy_id)
             if not samples:
                 client.skip(task["id"], "no policy samples to choose from")
                 continue
@@ -149,6 +152,7 @@ class Simulation:
         return written
 
     def label_pass(self, round_no: int, policy_id: int) -> tuple[int, int]:
+        """Fresh labelers rank everything open (concurrently), then write demonstrations."""
         clients = self._labelers(round_no)
         try:
             with ThreadPoolExecutor(len(clients)) as pool:
@@ -162,26 +166,30 @@ class Simulation:
 
     # --- measuring ---------------------------------------------------------------------
     def _validation(self, policy_id: int) -> dict[int, list[dict[str, Any]]]:
-        rows = self.admin.completions(prompt_set_id=self.prompt_set["id"], policy_id=policy_id, split="validation")
+        """The policy's sampled completions of the set's validation prompts, by prompt."""
+        rows = self.admin.completions(
+            prompt_set_id=self.prompt_set["id"], policy_id=policy_id, split="validation", limit=10_000
+        )
         by_prompt: dict[int, list[dict[str, Any]]] = {}
         for row in rows:
             by_prompt.setdefault(row["prompt_id"], []).append(row)
         return by_prompt
 
+    def measure(self, policy_id: int) -> dict[str, float]:
+        """Mean preference score, mean words and share of completions that end a sentence."""
+        rows = [c for cs in self._validation(policy_id).values() for c in cs]
+        if not rows:
+            return {"score": float("nan"), "words": float("nan"), "completions": 0}
+        scores = [self.preference(c["prompt"], c["text"]) for c in rows]
+        words = [len(c["text"].split()) for c in rows]
+        return {"score": sum(scores) / len(rows), "words": sum(words) / len(rows), "completions": len(rows)}
+
     def score(self, policy_id: int) -> float:
-        scores = [self.preference(c["prompt"], c["text"]) for rows in self._validation(policy_id).values() for c in rows]
-        return sum(scores) / len(scores) if scores else float("nan")
+        return self.measure(policy_id)["score"]
 
     def win_rate(self, new_id: int, old_id: int) -> float | None:
-        new, old = self._validation(new_id), self._validation(old_id)
-        wins = total = 0.0
-        for prompt_id in new.keys() & old.keys():
-            for a in new[prompt_id]:
-                for b in old[prompt_id]:
-                    sa, sb = self.preference(a["prompt"], a["text"]), self.preference(b["prompt"], b["text"])
-                    wins += 1.0 if sa > sb else 0.5 if sa == sb else 0.0
-                    total += 1
-        return wins / total if total else None
+        """Share of (new, old) completion pairs of the same validation prompt that the new one wins (ties 1/2)."""
+        return win_rate(self.preference, self._validation(new_id), self._validation(old_id))
 
     # --- training ----------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -197,7 +205,7 @@ class Simulation:
                 last = line
             if run["status"] in ("succeeded", "failed", "cancelled"):
                 return run
-            time.sleep(2.0)
+            time.sleep(self.cfg.poll_s * 2)
         raise TimeoutError(f"training run {run_id} did not finish in {self.cfg.round_timeout_s:.0f} s")
 
     def deployed(self) -> dict[str, Any]:
@@ -206,27 +214,45 @@ class Simulation:
                 return p
         raise RuntimeError("no policy is deployed")
 
+    def wait_serving(self, policy_id: int, timeout_s: float = 600.0) -> dict[str, Any]:
+        """Wait until ``policy_id`` is deployed and a live worker's sampler has loaded it."""
+        deadline = time.monotonic() + timeout_s
+        policy = self.deployed()
+        while time.monotonic() < deadline:
+            policy = self.deployed()
+            if policy["id"] == policy_id:
+                live = [w for w in self.admin.get("/workers") if w["alive"]]
+                if any(w.get("policy_id") == policy_id for w in live):
+                    return policy
+            time.sleep(self.cfg.poll_s)
+        if policy["id"] != policy_id:
+            raise TimeoutError(f"policy {policy_id} was not deployed within {timeout_s:.0f} s")
+        self.progress(f"no live sampler reported policy {policy_id} within {timeout_s:.0f} s; labeling anyway")
+        return policy
+
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> list[RoundRow]:
-        rows: list[RoundRow] = []
+        """All rounds; ``self.rows`` holds the finished ones if it stops with an error."""
+        rows = self.rows = []
         policy = self.deployed()
         prev_id: int | None = None
         run: dict[str, Any] | None = None
         for round_no in range(self.cfg.rounds + 1):
             self.progress(f"round {round_no}: labeling completions of policy v{policy['version']}")
             rankings, demos = self.label_pass(round_no, policy["id"])
-            rm_acc = _rm_accuracy(run) if run else None
+            measured = self.measure(policy["id"])
             rows.append(
                 RoundRow(
                     round=round_no,
                     policy_version=policy["version"],
                     policy_id=policy["id"],
-                    preference_score=self.score(policy["id"]),
+                    preference_score=measured["score"],
                     win_rate_vs_prev=self.win_rate(policy["id"], prev_id) if prev_id else None,
-                    kl_from_v0=(policy.get("metrics") or {}).get("kl_from_v0", 0.0 if round_no == 0 else None),
-                    rm_accuracy=rm_acc,
+                    kl_from_v0=_kl_from_v0(policy),
+                    rm_accuracy=_rm_accuracy(run) if run else None,
                     rankings=rankings,
                     demonstrations=demos,
+                    mean_words=measured["words"],
                     run_id=run["id"] if run else None,
                 )
             )
@@ -235,41 +261,68 @@ class Simulation:
                 break
             run = self.train()
             if run["status"] != "succeeded" or not run.get("policy_id"):
-                rows[-1].note = f"round {round_no + 1} training {run['status']}: {run.get('error') or 'no new policy'}"
+                summary = run.get("error") or (run.get("metrics") or {}).get("summary") or "no new policy"
+                rows[-1].note = f"training run {run['id']} {run['status']}: {summary}"
                 self.progress(rows[-1].note)
                 break
             prev_id = policy["id"]
-            policy = self._wait_deployed(run["policy_id"])
+            policy = self.wait_serving(run["policy_id"])
         return rows
 
-    def _wait_deployed(self, policy_id: int, timeout_s: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            policy = self.deployed()
-            if policy["id"] == policy_id:
-                return policy
-            time.sleep(1.0)
-        raise TimeoutError(f"policy {policy_id} was not deployed within {timeout_s:.0f} s")
+
+def noisy(ranking: list[list[int]], flip_prob: float, rng: random.Random) -> list[list[int]]:
+    """Simulated labeler noise: each adjacent pair of groups is swapped with probability ``flip_prob``.
+
+    The groups are walked best to worst; a swapped group can move down again at the next step.
+    """
+    groups = [list(g) for g in ranking]
+    for i in range(len(groups) - 1):
+        if rng.random() < flip_prob:
+            groups[i], groups[i + 1] = groups[i + 1], groups[i]
+    return groups
+
+
+def win_rate(
+    preference: Preference,
+    new: dict[int, list[dict[str, Any]]],
+    old: dict[int, list[dict[str, Any]]],
+) -> float | None:
+    """Over prompts both have: share of (new, old) pairs the new completion wins, ties counting 1/2."""
+    wins = total = 0.0
+    for prompt_id in new.keys() & old.keys():
+        for a in new[prompt_id]:
+            sa = preference(a["prompt"], a["text"])
+            for b in old[prompt_id]:
+                sb = preference(b["prompt"], b["text"])
+                wins += 1.0 if sa > sb else 0.5 if sa == sb else 0.0
+                total += 1
+    return wins / total if total else None
+
+
+def _kl_from_v0(policy: dict[str, Any]) -> float | None:
+    if policy["version"] == 0:
+        return 0.0
+    value = (policy.get("metrics") or {}).get("kl_from_v0")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _rm_accuracy(run: dict[str, Any]) -> float | None:
-    metrics = run.get("metrics") or {}
-    rm = metrics.get("rm") if isinstance(metrics.get("rm"), dict) else metrics
-    for key in ("val_accuracy", "held_out_accuracy", "accuracy", "rm/val_accuracy"):
-        if isinstance(rm, dict) and isinstance(rm.get(key), (int, float)):
-            return float(rm[key])
-    return None
+    """The held-out pairwise accuracy of the reward model the run trained (None when it trained none)."""
+    rm = (run.get("metrics") or {}).get("rm")
+    value = rm.get("val_accuracy") if isinstance(rm, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
+    return "-" if value is None or value != value else format(value, spec)
 
 
 def _format_row(row: RoundRow) -> str:
     return (
         f"round {row.round}: v{row.policy_version} score={_fmt(row.preference_score)} "
         f"win_vs_prev={_fmt(row.win_rate_vs_prev)} kl_v0={_fmt(row.kl_from_v0)} "
-        f"rm_acc={_fmt(row.rm_accuracy)} rankings={row.rankings} demos={row.demonstrations}"
+        f"rm_acc={_fmt(row.rm_accuracy)} words={_fmt(row.mean_words, '.1f')} "
+        f"rankings={row.rankings} demos={row.demonstrations}"
     )
 
 
@@ -311,7 +364,7 @@ def write_plot(rows: list[RoundRow], path: Path, preference: str) -> Path | None
 
 
 def table(rows: list[RoundRow]) -> list[list[str]]:
-    header = ["round", "policy", "score", "win vs prev", "KL from v0", "RM acc", "rankings", "demos", "note"]
+    header = ["round", "policy", "score", "win vs prev", "KL from v0", "RM acc", "words", "rankings", "demos", "note"]
     body = [
         [
             str(r.round),
@@ -320,6 +373,7 @@ def table(rows: list[RoundRow]) -> list[list[str]]:
             _fmt(r.win_rate_vs_prev),
             _fmt(r.kl_from_v0),
             _fmt(r.rm_accuracy),
+            _fmt(r.mean_words, ".1f"),
             str(r.rankings),
             str(r.demonstrations),
             r.note,
