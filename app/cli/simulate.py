@@ -69,6 +69,8 @@ def register(app: typer.Typer) -> None:
             rows = sim.run()
         except (ValueError, RuntimeError, TimeoutError, ApiError, httpx.HTTPError) as exc:
             failed, rows = exc, sim.rows  # report the rounds that finished
+        except KeyboardInterrupt:
+            failed, rows = RuntimeError("interrupted (a training run in progress goes on)"), sim.rows
         finally:
             sim.close()
         if not rows:
