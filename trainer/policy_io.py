@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +242,13 @@ def make_tokenizer_config_portable(policy_dir: Path) -> None:
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def save_policy_atomic(model: Any, tokenizer: Any, dest: str | os.PathLike[str]) -> Path:
+def save_policy_atomic(
+    model: Any,
+    tokenizer: Any,
+    dest: str | os.PathLike[str],
+    *,
+    before_rename: Callable[[], None] | None = None,
+) -> Path:
     """Write a policy (safetensors, tokenizer, generation config) to ``dest`` atomically.
 
     The tokenizer config is made loadable by transformers 4.x as well
@@ -249,7 +256,8 @@ def save_policy_atomic(model: Any, tokenizer: Any, dest: str | os.PathLike[str])
     ``dest.parent / ".tmp-{dest.name}-{uuid}"``, fsynced and
     renamed into place, so ``dest`` is either absent or complete. Raises
     :class:`FileExistsError` when ``dest`` exists; the temporary directory is removed on
-    any failure.
+    any failure. ``before_rename`` is called once the files are written, just before the
+    rename (fault injection in tests).
     """
     dest = Path(dest)
     if dest.exists():
@@ -263,6 +271,8 @@ def save_policy_atomic(model: Any, tokenizer: Any, dest: str | os.PathLike[str])
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         _fsync_tree(tmp)
+        if before_rename is not None:
+            before_rename()
         if dest.exists():  # someone else won the race while we were writing
             raise FileExistsError(f"policy destination already exists: {dest}")
         os.rename(tmp, dest)

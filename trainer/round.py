@@ -51,7 +51,7 @@ from app.models import Policy, TrainingRun, User
 from app.services import policies, training, workers
 from app.services.errors import Conflict
 from app.services.workers import Lease
-from trainer import artifacts
+from trainer import artifacts, faults
 from trainer.data import RoundData, load_round_data, take_snapshot
 
 logger = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ class _Round:
         plan = self.plan[stage]
 
         def on_step(reported_stage: str, step: int, values: dict[str, float]) -> None:
+            faults.pause_at(stage)  # tests only (RLHF_FAULT_PAUSE_AT); no-op otherwise
             self.control.metric(reported_stage, step, values)
             self.control.set_progress(plan.start + plan.span * min(1.0, step / max(1, total_steps)))
 
@@ -470,6 +471,7 @@ class _Round:
                 )
             dest = _rename_into_free_version(staging, root, artifacts.REWARD_MODELS, version)
             version = int(dest.name[1:])
+            faults.pause_at("rm-saved")
             with self.database.session() as db:
                 if workers.locked_run(db, self.lease) is None:
                     raise LeaseLost()
@@ -647,7 +649,9 @@ class _Round:
         for _ in range(100):
             candidate = artifacts.resolve(root, artifacts.policy_rel_path(version))
             try:
-                dest = save_policy_atomic(model, self.tokenizer, candidate)
+                dest = save_policy_atomic(
+                    model, self.tokenizer, candidate, before_rename=lambda: faults.pause_at("promote")
+                )
                 break
             except FileExistsError:
                 version += 1
@@ -664,6 +668,7 @@ class _Round:
         }
         run_metrics = {**self._summary_metrics(), "policy_version": version, "reward_model_id": rm_id}
         self.control.flush()
+        faults.pause_at("register")
         self.control.done = True
         try:
             with self.database.session() as db:

@@ -1,0 +1,37 @@
+"""Fault injection for tests: stop a worker at a named point of a training round.
+
+``RLHF_FAULT_PAUSE_AT=<point>[,<point>...]`` makes the worker log
+``fault injection: paused at <point>`` and sleep when it gets there, so that a test can
+SIGKILL it at a known moment (tests/test_worker_kill_stages.py). The heartbeat thread
+keeps beating meanwhile, as it would while a real step runs. The variable is read once,
+at import; when it is unset :func:`pause_at` returns at once. Never set it in production.
+
+Points:
+
+* ``sft``, ``rm``, ``ppo`` - the first optimizer step of that stage (mid-stage: the
+  model and optimizer state exist only in memory).
+* ``rm-saved`` - the reward model is complete in ``reward_models/vN``, not registered yet.
+* ``promote`` - the new policy's files are written into its ``.tmp-vN-*`` directory, which
+  is not renamed into place yet.
+* ``register`` - ``policies/vN`` is complete on disk; the transaction that registers it and
+  marks the run succeeded has not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+logger = logging.getLogger(__name__)
+
+POINTS = ("sft", "rm", "ppo", "rm-saved", "promote", "register")
+_ARMED = frozenset(p.strip() for p in os.environ.get("RLHF_FAULT_PAUSE_AT", "").split(",") if p.strip())
+PAUSE_S = 3600.0
+
+
+def pause_at(point: str) -> None:
+    """Sleep at ``point`` when RLHF_FAULT_PAUSE_AT names it (else return at once)."""
+    if point in _ARMED:
+        logger.warning("fault injection: paused at %s", point)
+        time.sleep(PAUSE_S)
