@@ -203,3 +203,24 @@ def _wait_gone(pid: int, timeout_s: float = 30.0) -> bool:
             return False
         time.sleep(0.2)
     return True
+
+
+def test_bootstrap_steps_are_idempotent(database: Database) -> None:
+    """ensure_admin and ensure_demo_set (the service side of `rlhf run`) on both backends."""
+    from app.services import bootstrap
+
+    with database.session() as db:
+        name, password = bootstrap.ensure_admin(db)
+        ps, imported = bootstrap.ensure_demo_set(db, validation_fraction=0.1)
+        assert (name, imported) == ("admin", 60) and password
+        assert (ps.name, ps.k, ps.overlap, ps.demonstration_share) == ("demo", 4, 1, 0.25)
+        assert ps.sampling["max_new_tokens"] == 64
+    with database.session() as db:
+        assert bootstrap.ensure_admin(db) == ("admin", None)
+        again, imported = bootstrap.ensure_demo_set(db)
+        assert (again.id, imported) == (ps.id, 0)
+        prompts = db.scalars(select(Prompt).where(Prompt.prompt_set_id == ps.id)).all()
+        assert len(prompts) == 60
+        # the file's own splits are kept, and about a quarter of the prompts ask for a demonstration
+        assert sum(p.split == "validation" for p in prompts) == 10
+        assert 5 <= sum(p.wants_demonstration for p in prompts) <= 25
