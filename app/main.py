@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from itsdangerous import Signer
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from app.config import Settings, get_settings
 from app.db import Database
@@ -77,6 +77,22 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         ]
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
         return JSONResponse({"detail": errors, "message": summary}, status_code=422)
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def _out_of_range(request: Request, exc: Exception) -> Response:
+        # A value the database cannot hold (SQLite raises OverflowError for ints past
+        # 2**63 - 1; PostgreSQL a DataError for numbers past the column type, NUL in text):
+        # bad input, not a crash.
+        log.info("value out of range: %s", exc)
+        message = (
+            "a number in the request is out of range"
+            if isinstance(exc, OverflowError)
+            else "a value in the request cannot be stored (a number out of range or an invalid character)"
+        )
+        if _wants_html(request):
+            return render(request, "error.html", status_code=422, message=message)
+        return JSONResponse({"detail": message}, status_code=422)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

@@ -142,3 +142,32 @@ def test_disabling_a_user_ends_their_sessions_and_tokens_at_once(client, admin, 
     client.patch(f"/api/v1/users/{labeler.id}", json={"is_active": False}, headers=admin.headers)
     assert other.get("/label", follow_redirects=False).status_code == 303
     assert client.get("/api/v1/me", headers=labeler.headers).status_code == 401
+
+
+HUGE = str(2**64)
+
+
+def test_out_of_range_ids_are_refused_not_a_server_error(app, client, admin, labeler) -> None:
+    """Ids past what the database's integer columns hold answer 4xx (SQLite raises
+    OverflowError, PostgreSQL a DataError), on every API route and page with an id."""
+    client.raise_server_exceptions = False
+    csrf = login(client, admin.username)
+    failures = []
+    for method, path in _routes(app):
+        if "{" not in path:
+            continue
+        url = re.sub(r"\{[^}]+\}", HUGE, path)
+        if path.startswith("/api/"):
+            r = client.request(method, url, headers=admin.headers, json={} if method != "GET" else None)
+        else:
+            r = client.request(method, url, data={"csrf_token": csrf} if method == "POST" else None)
+        if r.status_code >= 500 or r.status_code < 400:
+            failures.append(f"{method} {path}: {r.status_code}")
+    for body in ({"prompt_set_id": int(HUGE), "kind": "rank"},):
+        r = client.post("/api/v1/tasks/next", json=body, headers=labeler.headers)
+        if r.status_code >= 500:
+            failures.append(f"POST /api/v1/tasks/next {body}: {r.status_code}")
+    r = client.post("/api/v1/training/rounds", json={"prompt_set_ids": [int(HUGE)]}, headers=admin.headers)
+    if r.status_code >= 500:
+        failures.append(f"POST /api/v1/training/rounds: {r.status_code}")
+    assert not failures, "\n".join(failures)

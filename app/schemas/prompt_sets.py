@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.errors import ErrorOut
+
 Status = Literal["active", "paused", "archived"]
 Split = Literal["train", "validation"]
 
@@ -90,9 +92,12 @@ class ImportLineError(BaseModel):
     message: str
 
 
-class ImportErrorOut(BaseModel):
-    detail: str
-    errors: list[ImportLineError]
+class ImportErrorOut(ErrorOut):
+    """Bad lines (``errors``), or the common error body when the request itself is malformed."""
+
+    errors: list[ImportLineError] = Field(
+        default_factory=list, description="the bad lines (absent when the request itself is malformed)"
+    )
 
 
 class PromptOut(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,7 +47,9 @@ class RunOut(BaseModel):
 
 
 class MetricSeries(BaseModel):
-    series: dict[str, list[tuple[int, float]]] = Field(
+    # [step, value] pairs as a plain two-item list (not a tuple: its prefixItems schema trips
+    # OpenAPI 3.0-era tools such as schemathesis' response validation).
+    series: dict[str, list[Annotated[list[int | float], Field(min_length=2, max_length=2)]]] = Field(
         description='"stage/name" -> [[step, value], ...], e.g. "sft/loss", "rm/accuracy", "ppo/kl"'
     )
 

@@ -14,7 +14,9 @@ from app.routes.api import (
     training,
     users,
 )
+from app.schemas.errors import COMMON_ERRORS
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (health, users, prompt_sets, tasks, exports, training, policies, stats, completions, audit):
-    api_router.include_router(module.router)
+api_router.include_router(health.router)
+for module in (users, prompt_sets, tasks, exports, training, policies, stats, completions, audit):
+    api_router.include_router(module.router, responses=COMMON_ERRORS)

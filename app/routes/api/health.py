@@ -4,10 +4,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.schemas.health import HealthOut
+
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"description": "the database does not answer", "model": HealthOut}},
+)
 def health(request: Request) -> JSONResponse:
     """200 when the database answers, 503 with a message when it does not."""
     try:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.deps import DB, ApiAdmin
 from app.models import Completion
+from app.schemas.errors import ErrorOut
 from app.schemas.prompt_sets import (
     CompletionOut,
     GoldIn,
@@ -77,7 +78,7 @@ IMPORT_DOC: dict[str, Any] = {
     },
 }
 IMPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    413: {"description": "the upload is over RLHF_MAX_UPLOAD_BYTES"},
+    413: {"description": "the upload is over RLHF_MAX_UPLOAD_BYTES", "model": ErrorOut},
     422: {"description": "bad lines (nothing imported)", "model": ImportErrorOut},
 }
 
