@@ -61,8 +61,8 @@ def register(app: typer.Typer) -> None:
             )
             raise typer.Exit(1)
         data = file.read_bytes()
-        kind = fmt or imports.detect_format(file.name, None, data)
         try:
+            kind = fmt or imports.detect_format(file.name, None, data)
             rows = imports.parse_file(data, kind)
         except imports.ImportFailed as exc:
             _fail_lines(exc, file)

@@ -33,6 +33,12 @@ class TooLarge(ServiceError):
     status_code = 413
 
 
+class Unsupported(Invalid):
+    """Input of a kind the endpoint does not take (e.g. an image uploaded as prompts)."""
+
+    status_code = 415
+
+
 class Unauthorized(ServiceError):
     status_code = 401
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.models import SPLITS, Prompt, PromptSet, User
 from app.services import audit
-from app.services.errors import Conflict, Invalid, TooLarge
+from app.services.errors import Conflict, Invalid, TooLarge, Unsupported
 from app.services.prompt_sets import content_hash, split_for, wants_demonstration
 
 ROLES = ("system", "user", "assistant")
@@ -103,6 +103,8 @@ def _validate_item(item: Any, line: int) -> PromptRow:
             raise Invalid('"prompt" is empty')
         if len(text) > MAX_PROMPT_CHARS:
             raise Invalid(f'"prompt" is longer than {MAX_PROMPT_CHARS} characters')
+        if "\x00" in text:
+            raise Invalid('"prompt" contains a NUL character (binary data?)')
     else:
         raw = item["messages"]
         if not isinstance(raw, list) or not raw:
@@ -111,6 +113,8 @@ def _validate_item(item: Any, line: int) -> PromptRow:
         for i, m in enumerate(raw):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise Invalid(f'messages[{i}] must be an object with string "role" and "content"')
+            if "\x00" in m["content"]:
+                raise Invalid(f"messages[{i}].content contains a NUL character (binary data?)")
             if m["role"] not in ROLES:
                 raise Invalid(f"messages[{i}].role must be one of {', '.join(ROLES)}, not {m['role']!r}")
             messages.append({"role": m["role"], "content": m["content"]})
@@ -242,8 +246,47 @@ def parse_items(items: list[Any]) -> list[PromptRow]:
     return _collect(enumerate(items, start=1))
 
 
+#: File names an import takes (anything else with an extension is refused).
+TEXT_EXTENSIONS = (".jsonl", ".json", ".ndjson", ".csv", ".txt")
+#: Content types an import takes when the name does not settle it (browsers send
+#: application/vnd.ms-excel for .csv on Windows, octet-stream when they do not know).
+TEXT_TYPES = (
+    "text/", "application/json", "application/x-ndjson", "application/jsonl", "application/x-jsonlines",
+    "application/jsonlines", "application/octet-stream", "application/vnd.ms-excel",
+)
+#: Leading bytes of common binary files, named in the error message.
+MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive (xlsx, docx, ...)",
+    b"\xd0\xcf\x11\xe0": "an Office document (xls, doc)",
+    b"\x1f\x8b": "gzip-compressed data",
+    b"\x7fELF": "an executable",
+}
+UPLOAD_HINT = "upload prompts as JSONL or CSV (UTF-8 text)"
+
+
+def check_upload(filename: str | None, content_type: str | None, data: bytes) -> None:
+    """Refuse (415) what is plainly not a prompt file: a binary file by its first bytes, a
+    file name with another extension, or a non-text content type."""
+    for magic, kind in MAGIC.items():
+        if data.startswith(magic):
+            raise Unsupported(f"{filename or 'the upload'} is {kind}; {UPLOAD_HINT}")
+    name = (filename or "").lower()
+    base = name.rsplit("/", 1)[-1]
+    if "." in base.lstrip(".") and not base.endswith(TEXT_EXTENSIONS):
+        raise Unsupported(f"{filename} is not a .jsonl or .csv file; {UPLOAD_HINT}")
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype and not base.endswith(TEXT_EXTENSIONS) and not ctype.startswith(TEXT_TYPES):
+        raise Unsupported(f"content type {ctype} is not a prompt file; {UPLOAD_HINT}")
+
+
 def detect_format(filename: str | None, content_type: str | None, data: bytes) -> str:
-    """'csv' or 'jsonl' from the file name, else the content type, else the first character."""
+    """'csv' or 'jsonl' from the file name, else the content type, else the first character.
+    Raises Unsupported (415) for what is not a prompt file at all (see :func:`check_upload`)."""
+    check_upload(filename, content_type, data)
     name = (filename or "").lower()
     if name.endswith(".csv"):
         return "csv"

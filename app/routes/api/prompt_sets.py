@@ -79,6 +79,7 @@ IMPORT_DOC: dict[str, Any] = {
 }
 IMPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"description": "the upload is over RLHF_MAX_UPLOAD_BYTES", "model": ErrorOut},
+    415: {"description": "not a prompt file (an image, a PDF, another extension or content type)", "model": ErrorOut},
     422: {"description": "bad lines (nothing imported)", "model": ImportErrorOut},
 }
 
@@ -150,6 +151,7 @@ async def import_prompts(prompt_set_id: int, request: Request, db: DB, admin: Ap
                 rows = await run_in_threadpool(imports.parse_items, body.prompts)
                 source = "api"
             else:
+                imports.check_upload(None, ctype, data)
                 fmt = "csv" if "csv" in ctype else "jsonl"
                 rows = await run_in_threadpool(imports.parse_file, data, fmt)
                 source = f"api:{fmt}"
