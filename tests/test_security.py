@@ -171,3 +171,94 @@ def test_out_of_range_ids_are_refused_not_a_server_error(app, client, admin, lab
     if r.status_code >= 500:
         failures.append(f"POST /api/v1/training/rounds: {r.status_code}")
     assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------- paths
+
+PATH_LIKE = re.compile(
+    r"(^|_)(path|paths|dir|dirs|directory|folder|file|files|filename|filepath|artifact|artifacts|"
+    r"checkpoint|checkpoints|location|uri|url|base_model|output)($|_)",
+    re.IGNORECASE,
+)
+
+
+def _input_fields(doc: dict, schema: object, seen: set[str]) -> list[tuple[str, dict]]:
+    """Every (property name, schema) reachable from ``schema``, following $refs."""
+    out: list[tuple[str, dict]] = []
+    if isinstance(schema, list):
+        for item in schema:
+            out += _input_fields(doc, item, seen)
+        return out
+    if not isinstance(schema, dict):
+        return out
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        if ref in seen:
+            return out
+        seen.add(ref)
+        target = doc
+        for part in ref.lstrip("#/").split("/"):
+            target = target[part]
+        return _input_fields(doc, target, seen)
+    for name, sub in (schema.get("properties") or {}).items():
+        out.append((name, sub))
+        out += _input_fields(doc, sub, seen)
+    for key in ("items", "additionalProperties", "anyOf", "allOf", "oneOf", "prefixItems"):
+        if key in schema:
+            out += _input_fields(doc, schema[key], seen)
+    return out
+
+
+def test_no_api_input_names_a_filesystem_path(client) -> None:
+    """Artifacts are addressed by id and version only: no parameter or request-body field of
+    the API takes a path, directory, file name or URL (the prompt upload's ``file`` is the
+    uploaded bytes, ``format: binary``)."""
+    doc = client.get("/openapi.json").json()
+    offenders = []
+    walked: set[str] = set()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for param in op.get("parameters", []):
+                if PATH_LIKE.search(param["name"]):
+                    offenders.append(f"{method.upper()} {path}: parameter {param['name']}")
+            for media, content in (op.get("requestBody") or {}).get("content", {}).items():
+                for name, sub in _input_fields(doc, content.get("schema", {}), set()):
+                    walked.add(name)
+                    if name == "file" and media == "multipart/form-data" and sub.get("format") == "binary":
+                        continue
+                    if PATH_LIKE.search(name) or sub.get("format") in ("path", "uri", "file-path"):
+                        offenders.append(f"{method.upper()} {path}: body field {name} ({media})")
+    assert {"prompt_set_ids", "ranking", "password", "temperature", "file"} <= walked  # the walk reaches nested fields
+    assert not offenders, "API inputs that look like filesystem paths:\n" + "\n".join(offenders)
+    deploy = doc["paths"]["/api/v1/policies/{policy_id}/deploy"]["post"]
+    assert "requestBody" not in deploy, "a policy is deployed by id alone"
+
+
+def test_round_config_takes_no_paths(client, admin) -> None:
+    from app.services import training
+    from app.services.errors import Invalid
+
+    for key in training.ROUND_CONFIG.values():
+        assert not PATH_LIKE.search(key.name), key.name
+        values = [key.default, *(key.choices or ())]
+        assert not [v for v in values if isinstance(v, str) and ("/" in v or "\\" in v or v.startswith("."))], key
+    for sneaky in ({"output_dir": "/tmp/x"}, {"base_model": "/etc"}, {"sft_lr": "../../etc/passwd"}):
+        with pytest.raises(Invalid):
+            training.validate_config(sneaky)
+    set_id = client.post("/api/v1/prompt-sets", json={"name": "p"}, headers=admin.headers).json()["id"]
+    r = client.post(
+        "/api/v1/training/rounds", json={"prompt_set_ids": [set_id], "config": {"output_dir": "/tmp/evil"}},
+        headers=admin.headers,
+    )
+    assert r.status_code == 422 and "unknown config key" in r.json()["detail"]
+    assert client.get("/api/v1/training/runs", headers=admin.headers).json() == []
+
+
+def test_stored_artifact_paths_cannot_leave_the_artifacts_directory(tmp_path) -> None:
+    from trainer import artifacts
+
+    assert artifacts.policy_rel_path(3) == "policies/v3" and artifacts.reward_model_rel_path(2) == "reward_models/v2"
+    assert artifacts.resolve(tmp_path, "policies/v3") == (tmp_path / "policies" / "v3").resolve()
+    for escape in ("../outside", "/etc", "policies/../../x"):
+        with pytest.raises(ValueError):
+            artifacts.resolve(tmp_path, escape)
