@@ -7,11 +7,24 @@ labeler holds a prompt twice, and every acknowledged submission is stored exactl
 
     python bench/load.py                        # 10, 50 and 200 labelers; writes docs/benchmarks.md
     python bench/load.py --levels 20 --no-docs  # quick look
-    python bench/load.py --levels 50 --profile  # cProfile of one server worker, top entries
+    python bench/load.py --levels 50 --profile  # py-spy samples of every server worker, top entries
 
-With --restart-postgres-at S the local PostgreSQL is restarted S seconds into each level
-(fault injection): clients retry 503s and connection errors with the same payload, and the
-checks above must still hold.
+--profile samples the server processes (all uvicorn workers and their threads; only
+samples of a thread holding the GIL, i.e. running Python, so threads waiting for the
+database or for a CPU do not count) with py-spy (`pip install py-spy`) while the level
+runs and prints the functions with the most samples, by self time and by inclusive time
+in app/ code.
+cProfile is no use here: it sees only the main thread, and FastAPI runs the (sync) route
+handlers in a thread pool.
+
+With --restart-postgres-at S the machine's PostgreSQL (pg_ctlcluster) is restarted S
+seconds into each level (fault injection; it briefly interrupts everything else that uses
+that server, other people's tests included). Clients retry 503s and connection errors with
+the same payload, and the checks above must still hold; the 503s and their messages are
+counted.
+
+The section of docs/benchmarks.md is rewritten down to the line
+``<!-- bench/load.py keeps what follows -->``; hand-written analysis below it stays.
 """
 
 from __future__ import annotations
@@ -19,14 +32,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import pstats
 import random
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -50,6 +64,8 @@ from app.services.security import digest, hash_password  # noqa: E402
 from bench.report import machine_line, markdown_table, replace_section  # noqa: E402
 
 BASE_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+KEEP_MARKER = "<!-- bench/load.py keeps what follows -->"
+CHECK_KEYS = ("acked_missing", "acked_duplicated", "over_assigned_prompts", "labeler_prompt_twice", "server_5xx")
 
 
 @dataclass
@@ -57,6 +73,7 @@ class Sample:
     endpoint: str
     status: int
     seconds: float
+    at: float  # seconds since the level started
 
 
 @dataclass
@@ -65,11 +82,23 @@ class LevelResult:
     seconds: float
     samples: list[Sample] = field(default_factory=list)
     acked: dict[int, int] = field(default_factory=dict)  # task id -> times acknowledged
+    resent: int = 0  # submissions sent again with the same payload after a failure
+    details: Counter = field(default_factory=Counter)  # (status, detail) of 5xx answers
     checks: dict[str, int] = field(default_factory=dict)
+    load_before: float = 0.0
+    load_after: float = 0.0
+    client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+    db_cpu_s: float = 0.0
+    restart: dict[str, float] = field(default_factory=dict)
+    profile: str = ""
 
     @property
     def rps(self) -> float:
         return len(self.samples) / self.seconds if self.seconds else 0.0
+
+    def count(self, status: int) -> int:
+        return sum(1 for s in self.samples if s.status == status)
 
 
 def _libpq(url: str) -> str:
@@ -84,8 +113,13 @@ def create_database(base: str) -> str:
 
 
 def drop_database(base: str, url: str) -> None:
-    with psycopg.connect(_libpq(base), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    for _ in range(30):  # after a restart the server may still be starting
+        try:
+            with psycopg.connect(_libpq(base), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+            return
+        except psycopg.OperationalError:
+            time.sleep(1)
 
 
 def seed(url: str, labelers: int, prompts: int, k: int, overlap: int) -> tuple[int, list[str]]:
@@ -128,22 +162,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(url: str, port: int, workers: int, profile_to: Path | None) -> subprocess.Popen:
-    env = {**os.environ, "RLHF_DATABASE_URL": url, "RLHF_SECRET_KEY": "bench", "RLHF_DATA_DIR": tempfile.mkdtemp()}
-    cmd = [sys.executable]
-    if profile_to:
-        cmd += ["-m", "cProfile", "-o", str(profile_to)]
-    cmd += ["-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+def start_server(url: str, port: int, workers: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "RLHF_DATABASE_URL": url,
+        "RLHF_SECRET_KEY": "bench",
+        "RLHF_DATA_DIR": tempfile.mkdtemp(prefix="rlhf-load-"),
+    }
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    log = tempfile.NamedTemporaryFile(prefix="rlhf-load-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+    proc.log_path = log.name  # type: ignore[attr-defined]
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code == 200:
+                time.sleep(0.5 * workers)  # let every worker finish starting
                 return proc
         except httpx.TransportError:
             pass
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"server exited: {Path(log.name).read_text()[-2000:]}")
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not become healthy")
@@ -154,8 +193,47 @@ def stop_server(proc: subprocess.Popen) -> None:
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children[ppid].append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def backend_pids(url: str) -> list[int]:
+    """PostgreSQL backend processes connected to the bench database (the server's pool)."""
+    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of live processes (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def labeler_loop(
@@ -164,6 +242,7 @@ async def labeler_loop(
     budget: dict[str, float],
     result: LevelResult,
     rng: random.Random,
+    t0: float,
 ) -> None:
     """next -> rank, until 204 or the budget is spent. Retries keep the same payload."""
     deadline = budget["deadline"]
@@ -173,14 +252,22 @@ async def labeler_loop(
             if time.monotonic() > deadline or budget["requests"] <= 0:
                 return None
             budget["requests"] -= 1
-            t0 = time.perf_counter()
+            if attempt and "ranking" in endpoint:
+                result.resent += 1
+            start = time.perf_counter()
             try:
                 r = await client.post(url, json=body)
             except httpx.TransportError:
-                result.samples.append(Sample(endpoint, 599, time.perf_counter() - t0))
+                result.samples.append(Sample(endpoint, 599, time.perf_counter() - start, start - t0))
                 await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
                 continue
-            result.samples.append(Sample(endpoint, r.status_code, time.perf_counter() - t0))
+            result.samples.append(Sample(endpoint, r.status_code, time.perf_counter() - start, start - t0))
+            if r.status_code >= 500:
+                try:
+                    detail = str(r.json().get("detail"))
+                except ValueError:
+                    detail = r.text[:80]
+                result.details[(r.status_code, detail)] += 1
             if r.status_code == 503:
                 await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
                 continue
@@ -211,9 +298,10 @@ async def drive(base_url: str, set_id: int, tokens: list[str], max_requests: int
         for t in tokens
     ]
     t0 = time.monotonic()
+    perf0 = time.perf_counter()
     try:
         await asyncio.gather(
-            *(labeler_loop(c, set_id, budget, result, random.Random(i)) for i, c in enumerate(clients))
+            *(labeler_loop(c, set_id, budget, result, random.Random(i), perf0) for i, c in enumerate(clients))
         )
     finally:
         result.seconds = time.monotonic() - t0
@@ -241,6 +329,7 @@ def verify(url: str, set_id: int, overlap: int, result: LevelResult) -> dict[str
             tid for (tid,) in s.execute(select(Ranking.task_id).where(Ranking.task_id.in_(list(result.acked) or [-1])))
         )
         total_rankings = s.scalar(select(func.count(Ranking.id)))
+        submitted = s.scalar(select(func.count(Task.id)).where(Task.status == "submitted"))
     db.dispose()
     return {
         "over_assigned_prompts": sum(1 for _, n in per_prompt if n > overlap),
@@ -249,6 +338,8 @@ def verify(url: str, set_id: int, overlap: int, result: LevelResult) -> dict[str
         "acked_duplicated": sum(1 for tid in result.acked if stored[tid] > 1),
         "acked": len(result.acked),
         "rankings_stored": int(total_rankings or 0),
+        "tasks_submitted": int(submitted or 0),
+        "server_503": result.count(503),
         "server_5xx": sum(1 for smp in result.samples if 500 <= smp.status < 599 and smp.status != 503),
     }
 
@@ -261,31 +352,143 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
     return q[49], q[94], q[98]
 
 
-def restart_postgres_later(after_s: float) -> None:
+def _pg_ready() -> bool:
+    try:
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=1):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def restart_postgres_later(after_s: float, t0: float, record: dict[str, float]) -> threading.Thread:
+    """Restart the machine's PostgreSQL cluster ``after_s`` seconds from now (a thread).
+
+    Records when the stop began, how long ``pg_ctlcluster restart`` took and when the
+    server accepted connections again (seconds since ``t0``, a perf_counter value).
+    """
+
     def _restart() -> None:
         time.sleep(after_s)
         version = sorted(os.listdir("/etc/postgresql"))[0]
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=False)
+        record["down_at"] = time.perf_counter() - t0
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+            check=False,
+            capture_output=True,
+        )
+        record["restart_done_at"] = time.perf_counter() - t0
+        while not _pg_ready():
+            time.sleep(0.05)
+        record["up_at"] = time.perf_counter() - t0
 
-    import threading
+    thread = threading.Thread(target=_restart, daemon=True)
+    thread.start()
+    return thread
 
-    threading.Thread(target=_restart, daemon=True).start()
+
+# --- profiling ------------------------------------------------------------------------
 
 
-def run_level(args: argparse.Namespace, labelers: int, profile_to: Path | None = None) -> LevelResult:
+def start_profiler(pid: int, out: Path) -> subprocess.Popen:
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(pyspy).exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    return subprocess.Popen(
+        [pyspy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--function",
+         "--gil", "--nonblocking", "--rate", "200", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def stop_profiler(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _frame_name(frame: str) -> str:
+    """``fn (path/to/file.py:12)`` -> ``fn (file.py:12)``, with app/ paths kept."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path, _, line = where.rpartition(":")
+    keep = path.split("/")
+    short = "/".join(keep[-2:]) if len(keep) >= 2 and keep[-2] in ("services", "routes", "api", "app", "bench") else keep[-1]
+    return f"{name} ({short}:{line})" if path else name
+
+
+def profile_top(path: Path, n: int = 15) -> str:
+    """Top functions of a py-spy raw profile by self samples, and app/ functions by inclusive samples."""
+    self_samples: Counter = Counter()
+    inclusive: Counter = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ")]
+        if not frames:
+            continue
+        total += count
+        self_samples[_frame_name(frames[-1])] += count
+        for frame in {_frame_name(f) for f in frames if "/app/" in f or "(app/" in f}:
+            inclusive[frame] += count
+    if not total:
+        return "(no samples)"
+    rows = [[f"`{fn}`", str(c), f"{100 * c / total:.1f}%"] for fn, c in self_samples.most_common(n)]
+    app_rows = [[f"`{fn}`", str(c), f"{100 * c / total:.1f}%"] for fn, c in inclusive.most_common(n)]
+    return (
+        f"{total} samples of server threads holding the GIL.\n\nBy self time (the function on top of the stack):\n\n"
+        + markdown_table(["function", "samples", "share"], rows)
+        + "\n\napp/ code by inclusive time (the function anywhere on the stack):\n\n"
+        + markdown_table(["function", "samples", "share"], app_rows)
+    )
+
+
+# --- a level ----------------------------------------------------------------------------
+
+
+def run_level(args: argparse.Namespace, labelers: int, profile: bool = False) -> LevelResult:
     url = create_database(args.pg_url)
     try:
         migrate.upgrade(url)
         prompts = max(200, (args.max_requests // 2) // args.overlap + labelers)
         set_id, tokens = seed(url, labelers, prompts, args.k, args.overlap)
         port = free_port()
-        workers = 1 if profile_to else args.workers
-        proc = start_server(url, port, workers, profile_to)
+        proc = start_server(url, port, args.workers)
+        server_pids = _descendants(proc.pid)
+        profiler = prof_out = None
         try:
+            if profile:
+                prof_out = Path(tempfile.mkdtemp(prefix="rlhf-load-prof-")) / "server.txt"
+                profiler = start_profiler(proc.pid, prof_out)
+                time.sleep(1.0)
+            load_before = os.getloadavg()[0]
+            server_cpu0, client_cpu0 = cpu_seconds(server_pids), time.process_time()
+            db_cpu0 = {pid: cpu_seconds([pid]) for pid in backend_pids(url)}
+            restart: dict[str, float] = {}
+            restarter = None
             if args.restart_postgres_at:
-                restart_postgres_later(args.restart_postgres_at)
+                restarter = restart_postgres_later(args.restart_postgres_at, time.perf_counter(), restart)
             result = asyncio.run(drive(f"http://127.0.0.1:{port}", set_id, tokens, args.max_requests, args.max_seconds))
+            result.server_cpu_s = cpu_seconds(server_pids) - server_cpu0
+            _end = backend_pids(url)  # the pool grows during the level: count every backend it opened
+            result.db_cpu_s = sum(cpu_seconds([pid]) - db_cpu0.get(pid, 0.0) for pid in _end)
+            result.client_cpu_s = time.process_time() - client_cpu0
+            result.load_before, result.load_after = load_before, os.getloadavg()[0]
+            if restarter is not None:
+                restarter.join(timeout=120)
+                result.restart = restart
+            if profiler is not None and prof_out is not None:
+                stop_profiler(profiler)
+                result.profile = profile_top(prof_out) if prof_out.exists() else "(py-spy wrote nothing)"
         finally:
+            if profiler is not None and profiler.poll() is None:
+                profiler.kill()
             stop_server(proc)
         result.checks = verify(url, set_id, args.overlap, result)
         return result
@@ -299,7 +502,9 @@ def summarize(results: list[LevelResult]) -> tuple[list[list[str]], list[list[st
         statuses = Counter(s.status for s in res.samples)
         overview.append(
             [str(res.labelers), str(len(res.samples)), f"{res.seconds:.1f}", f"{res.rps:.1f}",
-             ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))]
+             ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
+             f"{res.load_before:.1f} / {res.load_after:.1f}", f"{res.server_cpu_s:.0f}", f"{res.db_cpu_s:.0f}",
+             f"{res.client_cpu_s:.0f}"]
         )
         by_endpoint: dict[str, list[float]] = defaultdict(list)
         for s in res.samples:
@@ -311,22 +516,48 @@ def summarize(results: list[LevelResult]) -> tuple[list[list[str]], list[list[st
         checks.append(
             [str(res.labelers), str(c["acked"]), str(c["rankings_stored"]), str(c["acked_missing"]),
              str(c["acked_duplicated"]), str(c["over_assigned_prompts"]), str(c["labeler_prompt_twice"]),
-             str(c["server_5xx"])]
+             str(c["server_503"]), str(c["server_5xx"])]
         )
     return overview, latency, checks
 
 
-def profile_top(path: Path, n: int = 15) -> str:
-    stats = pstats.Stats(str(path))
-    stats.sort_stats("tottime")
-    width = stats.total_tt or 1.0
-    rows = []
-    for (filename, line, fn), (cc, nc, tt, ct, _callers) in sorted(
-        stats.stats.items(), key=lambda kv: kv[1][2], reverse=True
-    )[:n]:
-        where = f"{Path(filename).name}:{line}({fn})"
-        rows.append([where, str(nc), f"{tt:.2f}", f"{100 * tt / width:.1f}%", f"{ct:.2f}"])
-    return markdown_table(["function", "calls", "tottime s", "share", "cumtime s"], rows)
+def fault_lines(results: list[LevelResult]) -> str:
+    lines = []
+    for res in results:
+        r = res.restart
+        if not r:
+            continue
+        down, up = r.get("down_at", float("nan")), r.get("up_at", float("nan"))
+        during = [s for s in res.samples if down <= s.at <= up + 0.5]
+        errors = [s for s in res.samples if s.status >= 500]
+        last_error = max((s.at for s in errors), default=float("nan"))
+        lines.append(
+            f"{res.labelers} labelers: PostgreSQL stopped at {down:.1f} s, accepting connections again at "
+            f"{up:.1f} s ({up - down:.1f} s down); {len(during)} requests in that window; "
+            f"{res.count(503)} answers 503, {res.count(599)} connection errors, "
+            f"{sum(1 for s in errors if s.status not in (503, 599))} other 5xx; "
+            f"last error at {last_error:.1f} s ({last_error - up:+.1f} s after PostgreSQL was back); "
+            f"{res.resent} submissions re-sent with the same payload."
+        )
+        for (status, detail), n in res.details.most_common():
+            lines.append(f"  - {n} x {status} `{detail}`")
+    return "\n".join(lines)
+
+
+def write_section(title: str, text: str) -> None:
+    """Replace the measured part of ``## title``; keep what follows KEEP_MARKER."""
+    from bench.report import BENCHMARKS_MD
+
+    kept = ""
+    if BENCHMARKS_MD.exists():
+        doc = BENCHMARKS_MD.read_text()
+        start = doc.find(f"## {title}\n")
+        if start >= 0:
+            end = doc.find("\n## ", start + 1)
+            section = doc[start : end if end >= 0 else len(doc)]
+            if KEEP_MARKER in section:
+                kept = section[section.index(KEEP_MARKER) + len(KEEP_MARKER) :].strip()
+    replace_section(title, text + "\n\n" + KEEP_MARKER + ("\n\n" + kept if kept else ""))
 
 
 def main() -> None:
@@ -339,45 +570,64 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=2)
     parser.add_argument("--pg-url", default=BASE_PG, help="a PostgreSQL server database to create bench databases from")
     parser.add_argument("--restart-postgres-at", type=float, default=0.0, help="restart PostgreSQL after S seconds")
-    parser.add_argument("--profile", action="store_true", help="cProfile one server worker at the first level")
-    parser.add_argument("--section", default="Load", help="docs/benchmarks.md section title")
+    parser.add_argument("--profile", action="store_true", help="py-spy the server at the first level; print top entries")
+    parser.add_argument("--section", default=None, help="docs/benchmarks.md section (default: Load, or Faults with a restart)")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
+    section = args.section or ("Faults" if args.restart_postgres_at else "Load")
 
     levels = [int(x) for x in args.levels.split(",")]
     if args.profile:
-        prof = Path(tempfile.mkdtemp()) / "server.prof"
-        run_level(args, levels[0], profile_to=prof)
-        print(profile_top(prof))
+        res = run_level(args, levels[0], profile=True)
+        print(f"{len(res.samples)} requests in {res.seconds:.1f} s = {res.rps:.1f} req/s under the profiler; "
+              f"load {res.load_before:.1f} -> {res.load_after:.1f}; CPU s: server {res.server_cpu_s:.0f}, "
+              f"db {res.db_cpu_s:.0f}, client {res.client_cpu_s:.0f}; checks {res.checks}")
+        print(res.profile)
         return
     results = []
     for n in levels:
         print(f"--- {n} labelers", flush=True)
         res = run_level(args, n)
         results.append(res)
-        print(f"{len(res.samples)} requests in {res.seconds:.1f} s = {res.rps:.1f} req/s; checks {res.checks}", flush=True)
+        print(f"{len(res.samples)} requests in {res.seconds:.1f} s = {res.rps:.1f} req/s; load "
+              f"{res.load_before:.1f} -> {res.load_after:.1f}; CPU s: server {res.server_cpu_s:.0f}, "
+              f"db {res.db_cpu_s:.0f}, client {res.client_cpu_s:.0f}; checks {res.checks}", flush=True)
     overview, latency, checks = summarize(results)
-    text = "\n\n".join(
-        [
-            f"Measured {machine_line()}; server `rlhf serve --workers {args.workers}` on PostgreSQL, "
-            f"load generator in the same machine (httpx, asyncio), K={args.k}, overlap={args.overlap}, "
-            f"zero think time, at most {args.max_requests} requests or {args.max_seconds:.0f} s per level"
-            + (f", PostgreSQL restarted {args.restart_postgres_at:.0f} s into each level" if args.restart_postgres_at else "")
-            + ". Status 599 = connection error seen by the client.",
-            markdown_table(["labelers", "requests", "seconds", "req/s", "statuses"], overview),
-            markdown_table(["labelers", "endpoint", "n", "p50 ms", "p95 ms", "p99 ms"], latency),
-            "Checks from the database afterwards:",
-            markdown_table(
-                ["labelers", "acknowledged", "rankings stored", "acked missing", "acked duplicated",
-                 "over-assigned prompts", "labeler got prompt twice", "5xx (not 503)"],
-                checks,
-            ),
-        ]
-    )
+    parts = [
+        f"Measured {machine_line()}; server `rlhf serve --workers {args.workers}` on PostgreSQL, "
+        f"load generator on the same machine (httpx, asyncio, one connection per labeler), K={args.k}, "
+        f"overlap={args.overlap}, zero think time, at most {args.max_requests} requests or "
+        f"{args.max_seconds:.0f} s per level"
+        + (f", PostgreSQL restarted {args.restart_postgres_at:.0f} s into each level" if args.restart_postgres_at else "")
+        + ". Status 599 = connection error seen by the client. Load = the 1-minute load average before / after "
+        "the level (other jobs share the machine); CPU s = CPU seconds used during the level by the server "
+        "processes, by the PostgreSQL backends serving them, and by the load generator. Command: `python bench/load.py"
+        + (f" --levels {args.levels}" if args.levels != "10,50,200" else "")
+        + (f" --restart-postgres-at {args.restart_postgres_at:g}" if args.restart_postgres_at else "")
+        + "`.",
+        markdown_table(
+            ["labelers", "requests", "seconds", "req/s", "statuses", "load", "server CPU s", "db CPU s", "client CPU s"],
+            overview,
+        ),
+        markdown_table(["labelers", "endpoint", "n", "p50 ms", "p95 ms", "p99 ms"], latency),
+        "Checks from the database afterwards:",
+        markdown_table(
+            ["labelers", "acknowledged", "rankings stored", "acked missing", "acked duplicated",
+             "over-assigned prompts", "labeler got prompt twice", "503", "other 5xx"],
+            checks,
+        ),
+    ]
+    faults = fault_lines(results)
+    if faults:
+        parts.append(faults)
+    text = "\n\n".join(parts)
     print(text)
     if not args.no_docs:
-        replace_section(args.section, text)
-    bad = [r for r in results if any(r.checks[k] for k in ("acked_missing", "acked_duplicated", "over_assigned_prompts", "labeler_prompt_twice", "server_5xx"))]
+        write_section(section, text)
+    bad = [
+        r for r in results
+        if any(r.checks[k] for k in CHECK_KEYS) or (not args.restart_postgres_at and r.checks["server_503"])
+    ]
     sys.exit(1 if bad else 0)
 
 
