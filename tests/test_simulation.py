@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.simulation.loop import RoundRow, _rm_accuracy, noisy, table, win_rate, write_csv
+from app.simulation.loop import RoundRow, _rm_accuracy, noisy, read_csv, table, win_rate, write_csv, write_plot
 from app.simulation.preferences import (
     BUILTIN,
     concise,
@@ -179,3 +179,6 @@ def test_table_and_csv(tmp_path: Path) -> None:
         read = list(csv.DictReader(f))
     assert [r["policy_version"] for r in read] == ["0", "1"]
     assert read[1]["rm_accuracy"] == "0.625" and read[0]["win_rate_vs_prev"] == ""
+    assert read_csv(path) == rows
+    png = write_plot(rows, tmp_path / "plot.png", "concise")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

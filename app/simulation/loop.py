@@ -336,8 +336,35 @@ def write_csv(rows: list[RoundRow], path: Path) -> Path:
     return path
 
 
+def read_csv(path: Path) -> list[RoundRow]:
+    """Rows back from :func:`write_csv` (e.g. to redraw the plot)."""
+
+    def num(value: str, kind: type = float) -> Any:
+        return None if value in ("", "None") else kind(float(value)) if kind is int else kind(value)
+
+    with path.open(newline="") as f:
+        return [
+            RoundRow(
+                round=int(r["round"]),
+                policy_version=int(r["policy_version"]),
+                policy_id=int(r["policy_id"]),
+                preference_score=float(r["preference_score"]),
+                win_rate_vs_prev=num(r["win_rate_vs_prev"]),
+                kl_from_v0=num(r["kl_from_v0"]),
+                rm_accuracy=num(r["rm_accuracy"]),
+                rankings=int(r["rankings"]),
+                demonstrations=int(r["demonstrations"]),
+                mean_words=num(r.get("mean_words", "")),
+                run_id=num(r["run_id"], int),
+                note=r.get("note", ""),
+            )
+            for r in csv.DictReader(f)
+        ]
+
+
 def write_plot(rows: list[RoundRow], path: Path, preference: str) -> Path | None:
-    """Preference score and KL from v0 per round, as a PNG (needs matplotlib)."""
+    """Two panels as a PNG (needs matplotlib): the preference score with KL from v0, and the
+    win rate against the previous policy with the reward model's held-out accuracy."""
     try:
         import matplotlib
 
@@ -346,16 +373,32 @@ def write_plot(rows: list[RoundRow], path: Path, preference: str) -> Path | None
     except ImportError:
         log.warning("matplotlib is not installed; no plot written")
         return None
+
+    def series(values: list[float | None]) -> list[float]:
+        return [float("nan") if v is None else v for v in values]
+
     rounds = [r.round for r in rows]
-    fig, ax1 = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    ax1.plot(rounds, [r.preference_score for r in rows], "o-", color="#3b5bdb", label=f"{preference} score")
-    ax1.set_xlabel("round (policy version after training)")
+    ticks = [f"{r.round}\nv{r.policy_version}" for r in rows]
+    fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=120)
+    ax1.plot(rounds, [r.preference_score for r in rows], "o-", color="#3b5bdb", label=f"'{preference}' score")
+    ax1.set_xlabel("round / policy labeled")
     ax1.set_ylabel(f"mean '{preference}' score (validation)", color="#3b5bdb")
-    ax1.set_xticks(rounds, [f"{r.round}\nv{r.policy_version}" for r in rows])
+    ax1.set_xticks(rounds, ticks)
     ax2 = ax1.twinx()
-    ax2.plot(rounds, [r.kl_from_v0 if r.kl_from_v0 is not None else float("nan") for r in rows], "s--", color="#e67700")
+    ax2.plot(rounds, series([r.kl_from_v0 for r in rows]), "s--", color="#e67700", label="KL from v0")
     ax2.set_ylabel("KL from v0 (nats / response)", color="#e67700")
-    ax1.set_title("rlhf-studio closed loop with simulated labelers")
+    lines = ax1.get_lines() + ax2.get_lines()
+    ax1.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
+    ax1.set_title("preference score and KL")
+    ax3.axhline(0.5, color="#adb5bd", linewidth=1)
+    ax3.plot(rounds, series([r.win_rate_vs_prev for r in rows]), "o-", color="#2b8a3e", label="win rate vs previous")
+    ax3.plot(rounds, series([r.rm_accuracy for r in rows]), "^--", color="#862e9c", label="RM held-out accuracy")
+    ax3.set_ylim(0.0, 1.0)
+    ax3.set_xticks(rounds, ticks)
+    ax3.set_xlabel("round / policy labeled")
+    ax3.legend(loc="lower right", fontsize=8)
+    ax3.set_title("win rate (under the preference) and RM accuracy")
+    fig.suptitle("rlhf-studio closed loop with simulated labelers")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
