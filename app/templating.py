@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,15 @@ def render_markdown(text: str) -> Markup:
     return Markup(_markdown.render(text or ""))
 
 
+def json_text(value: Any, indent: int | None = None) -> str:
+    """JSON to show as page text: plain characters, escaped by autoescape like any text.
+    (``tojson`` is for ``<script>`` blocks: it writes ``<`` and ``&`` as ``\\u003c``, ``\\u0026``.)"""
+    return json.dumps(value, ensure_ascii=False, indent=indent, sort_keys=True, default=str)
+
+
 env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True)
 env.filters["markdown"] = render_markdown
+env.filters["json"] = json_text
 templates = Jinja2Templates(env=env)
 
 
