@@ -262,3 +262,72 @@ def test_stored_artifact_paths_cannot_leave_the_artifacts_directory(tmp_path) ->
     for escape in ("../outside", "/etc", "policies/../../x"):
         with pytest.raises(ValueError):
             artifacts.resolve(tmp_path, escape)
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def test_password_reset_and_demotion_take_effect_at_once(client, admin, make_account) -> None:
+    """Sessions and tokens are checked against the user row on every request: a reset
+    password ends the sessions, a demoted admin loses the admin side in the same second."""
+    from tests.conftest import PASSWORD
+
+    carol = make_account("labeler", "carol")
+    boss = make_account("admin", "boss")
+    carol_browser, boss_browser = TestClient(client.app), TestClient(client.app)
+    login(carol_browser, "carol")
+    login(boss_browser, "boss")
+    assert carol_browser.get("/label").status_code == 200 and boss_browser.get("/admin").status_code == 200
+
+    r = client.patch(f"/api/v1/users/{carol.id}", json={"password": "a-brand-new-pw"}, headers=admin.headers)
+    assert r.status_code == 200
+    assert carol_browser.get("/label", follow_redirects=False).status_code == 303
+    assert client.post("/login", data={"username": "carol", "password": PASSWORD}).status_code == 401
+    login(TestClient(client.app), "carol", "a-brand-new-pw")
+
+    client.patch(f"/api/v1/users/{boss.id}", json={"role": "labeler"}, headers=admin.headers)
+    assert boss_browser.get("/admin").status_code == 403
+    assert client.get("/api/v1/users", headers=boss.headers).status_code == 403
+
+
+def test_session_cookie_and_csrf_token_cannot_be_forged_or_swapped(client, admin, labeler) -> None:
+    from app.deps import SESSION_COOKIE
+
+    csrf_admin = login(client, admin.username)
+    other = TestClient(client.app)
+    csrf_other = login(other, labeler.username)
+    assert csrf_other != csrf_admin
+    # One session's CSRF token does not work with another session's cookie.
+    body = {"username": "mallory", "password": "long-enough-pw", "role": "admin"}
+    assert client.post("/api/v1/users", json=body, headers={"X-CSRF-Token": csrf_other}).status_code == 403
+    assert client.post("/logout", data={"csrf_token": csrf_other}).status_code == 403
+    # A cookie whose signature does not match is no session at all.
+    cookie = next(c.value for c in client.cookies.jar if c.name == SESSION_COOKIE)
+    session_id, _, signature = cookie.rpartition(".")
+    forged = TestClient(client.app)
+    forged.cookies.set(SESSION_COOKIE, f"{session_id}.{'A' * len(signature)}")
+    assert forged.get("/admin", follow_redirects=False).status_code == 303
+    assert forged.get("/api/v1/me").status_code == 401
+    forged.cookies.set(SESSION_COOKIE, "not-a-session")
+    assert forged.get("/api/v1/me").status_code == 401
+
+
+def test_logged_out_and_expired_sessions_are_refused(client, admin, database) -> None:
+    from sqlalchemy import update
+
+    from app.models import UserSession
+    from app.models.base import utcnow
+
+    csrf = login(client, admin.username)
+    assert client.get("/api/v1/me").status_code == 200
+    with database.session() as db:
+        db.execute(update(UserSession).values(expires_at=utcnow()))
+    assert client.get("/api/v1/me").status_code == 401
+    assert client.get("/admin", follow_redirects=False).status_code == 303
+
+    csrf = login(client, admin.username)
+    kept = dict(client.cookies)
+    assert client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    replay = TestClient(client.app, cookies=kept)
+    body = {"username": "late", "password": "long-enough-pw", "role": "labeler"}
+    assert replay.post("/api/v1/users", json=body, headers={"X-CSRF-Token": csrf}).status_code == 401
