@@ -144,10 +144,13 @@ def test_deploying_another_policy_switches_the_sampler(settings, database, tiny_
     ready = completions_by_prompt(database)
     retired = completions_by_prompt(database, "retired")
     # The leased task's completions stay valid; the other v0 completions were retired.
-    assert [c.id for c in ready[prompt_ids[0]]] == [c.id for c in held]
+    assert [c.id for c in ready[prompt_ids[0]] if c.policy_id == v0.id] == [c.id for c in held]
     assert sorted(retired) == prompt_ids[1:]
     for pid in prompt_ids[1:]:
         assert {c.policy_id for c in ready[pid]} == {v1} and len(ready[pid]) == 2
+    # Rank slots are per (prompt, policy): the v0 lease does not fill the prompt for v1,
+    # so the held prompt gets v1's completions as well.
+    assert len([c for c in ready[prompt_ids[0]] if c.policy_id == v1]) == 2
 
     # keep_old_completions: a redeploy retires nothing.
     with database.session() as db:
@@ -156,7 +159,7 @@ def test_deploying_another_policy_switches_the_sampler(settings, database, tiny_
     keeper.fill()
     assert completions_by_prompt(database, "retired").keys() == retired.keys()
     with database.session() as db:
-        assert db.scalar(select(func.count(Completion.id)).where(Completion.policy_id == v1, Completion.status == "ready")) == 6
+        assert db.scalar(select(func.count(Completion.id)).where(Completion.policy_id == v1, Completion.status == "ready")) == 8
 
 
 def test_a_broken_policy_dir_is_reported_and_the_worker_keeps_running(settings, database, tiny_base) -> None:

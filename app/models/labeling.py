@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, String, Text
+from sqlalchemy import text as sql_text
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -24,11 +26,24 @@ FLAGS = (
 )
 
 
+def _policy_of_first_completion(context: DefaultExecutionContext) -> int | None:
+    """Default of ``Task.policy_id`` for a rank task inserted without one: the policy of its
+    first completion (the rule the 0002 migration backfills with). The task service always
+    sets it; this keeps rows written elsewhere (fixtures, scripts) in the per-policy slots."""
+    params = context.get_current_parameters()
+    ids = params.get("completion_ids")
+    if params.get("kind") != "rank" or not ids:
+        return None
+    return context.connection.scalar(sql_text("SELECT policy_id FROM completions WHERE id = :id"), {"id": int(ids[0])})
+
+
 class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         Index("ix_tasks_prompt_kind_status", "prompt_id", "kind", "status"),
         Index("ix_tasks_labeler_status", "labeler_id", "status"),
+        # rank slots are counted per (prompt, policy); the sampler groups by prompt for one policy
+        Index("ix_tasks_policy_prompt_kind_status", "policy_id", "prompt_id", "kind", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -38,6 +53,10 @@ class Task(Base):
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default="leased")
     completion_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    # The policy whose completions a rank task shows (NULL for demonstrate tasks).
+    policy_id: Mapped[int | None] = mapped_column(
+        ForeignKey("policies.id", ondelete="SET NULL"), default=_policy_of_first_completion
+    )
     lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     skip_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

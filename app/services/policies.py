@@ -212,12 +212,14 @@ class SetPlan:
         return self.buffer / self.target if self.target else 1.0
 
 
-def _rank_slots_used(now: datetime):  # type: ignore[no-untyped-def]
-    """Per prompt: rank slots taken (a submitted task, or a leased one whose lease is live),
-    the same accounting the task service uses against ``overlap``."""
+def _rank_slots_used(now: datetime, policy_id: int):  # type: ignore[no-untyped-def]
+    """Per prompt: rank slots taken for ``policy_id``'s completions (a submitted task, or a
+    leased one whose lease is live), the same per-(prompt, policy) accounting the task
+    service uses against ``overlap``."""
     return (
         select(Task.prompt_id, func.count(Task.id).label("n"))
         .where(
+            Task.policy_id == policy_id,
             Task.kind == "rank",
             or_(Task.status == "submitted", and_(Task.status == "leased", Task.lease_expires_at > now)),
         )
@@ -245,17 +247,19 @@ def sampling_plan(
 ) -> SetPlan:
     """How far the set's buffer is from ``buffer_prompts`` and which prompts to sample next.
 
-    A prompt is *labelable* for ranking while its taken rank slots are below the set's
-    overlap; it is *in the buffer* when it also has K ready completions of the deployed
-    policy. The sampler tops the buffer up to ``buffer_prompts`` (never the whole set at
-    once), at most ``limit`` prompts per call, lowest id first. Gold prompts (which show
+    A prompt is *labelable* for ranking while its taken rank slots for ``policy_id`` (the
+    deployed policy) are below the set's overlap; slots taken on other policies' completions
+    do not count, so after a redeploy prompts ranked on the old policy need the new one's.
+    It is *in the buffer* when it also has K ready completions of the deployed policy. The
+    sampler tops the buffer up to ``buffer_prompts`` (never the whole set at once), at most
+    ``limit`` prompts per call, lowest id first. Gold prompts (which show
     their fixed gold completions) need none, and demonstration tasks need no completions,
     so they never wait on the sampler.
     """
     now = now or utcnow()
     k = prompt_set.k
     ready = _ready_counts(policy_id)
-    used = _rank_slots_used(now)
+    used = _rank_slots_used(now, policy_id)
     have = func.coalesce(ready.c.n, 0)
     labelable = (
         select(Prompt, have.label("have"))

@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Demonstration, Prompt, PromptSet, Ranking, Task, User
+from app.models import Completion, Demonstration, Policy, Prompt, PromptSet, Ranking, Task, User
 from app.models.prompts import SPLITS
 
 RankingGroups = Sequence[Sequence[int]]
@@ -126,8 +126,10 @@ class SplitProgress:
     demonstrations: int = 0
     skips: int = 0
     gold: int = 0
-    slots: int = 0  # prompts x overlap: rankings the set asks for
-    slots_filled: int = 0  # active rankings counted up to overlap per prompt
+    slots: int = 0  # prompts x overlap: rankings the set asks for (of the deployed policy)
+    # active rankings of the deployed policy's completions, up to overlap per prompt (gold
+    # prompts: of any policy; nothing deployed: the policy with the most, per prompt)
+    slots_filled: int = 0
 
     @property
     def fraction(self) -> float:
@@ -167,6 +169,30 @@ class SetProgress:
             "splits": {s: one(p) for s, p in self.splits.items()},
             "total": one(self.total),
         }
+
+
+def _slot_rankings(db: Session, set_ids: list[int]) -> Any:
+    """Per prompt of these sets: active rankings that fill its slots now (column ``n``).
+
+    Rank slots belong to (prompt, policy) pairs (see app.services.tasks), and what is left
+    to do is the deployed policy's work, so only rankings of tasks that showed the
+    deployed policy's completions count. Gold prompts show fixed completions whatever is
+    deployed: all their rankings count. With nothing deployed, the policy with the most
+    rankings of the prompt counts.
+    """
+    deployed = db.scalar(select(Policy.id).where(Policy.deployed.is_(True)))
+    pair = case((Prompt.is_gold.is_(True), -1), else_=func.coalesce(Task.policy_id, 0))
+    per_pair = (
+        select(Ranking.prompt_id.label("prompt_id"), func.count(Ranking.id).label("n"))
+        .join(Task, Task.id == Ranking.task_id)
+        .join(Prompt, Prompt.id == Ranking.prompt_id)
+        .where(Ranking.status == "active", Prompt.prompt_set_id.in_(set_ids))
+        .group_by(Ranking.prompt_id, pair)
+    )
+    if deployed is not None:
+        per_pair = per_pair.where(or_(Prompt.is_gold.is_(True), Task.policy_id == deployed))
+    sub = per_pair.subquery()
+    return select(sub.c.prompt_id, func.max(sub.c.n).label("n")).group_by(sub.c.prompt_id).subquery()
 
 
 def progress(db: Session, prompt_set_id: int | None = None) -> list[SetProgress]:
@@ -217,21 +243,27 @@ def progress(db: Session, prompt_set_id: int | None = None) -> list[SetProgress]
         .group_by(Ranking.prompt_id)
         .subquery()
     )
-    for set_id, split, labeled, n, filled in db.execute(
-        select(
-            Prompt.prompt_set_id,
-            Prompt.split,
-            func.count(Prompt.id),
-            func.sum(per_prompt.c.n),
-            func.sum(case((per_prompt.c.n > PromptSet.overlap, PromptSet.overlap), else_=per_prompt.c.n)),
-        )
+    for set_id, split, labeled, n in db.execute(
+        select(Prompt.prompt_set_id, Prompt.split, func.count(Prompt.id), func.sum(per_prompt.c.n))
         .join(per_prompt, per_prompt.c.prompt_id == Prompt.id)
-        .join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
         .where(Prompt.prompt_set_id.in_(ids))
         .group_by(Prompt.prompt_set_id, Prompt.split)
     ):
         b = bucket(set_id, split)
-        b.prompts_labeled, b.rankings, b.slots_filled = labeled, int(n or 0), int(filled or 0)
+        b.prompts_labeled, b.rankings = labeled, int(n or 0)
+
+    per_slot = _slot_rankings(db, ids)
+    for set_id, split, filled in db.execute(
+        select(
+            Prompt.prompt_set_id,
+            Prompt.split,
+            func.sum(case((per_slot.c.n > PromptSet.overlap, PromptSet.overlap), else_=per_slot.c.n)),
+        )
+        .join(per_slot, per_slot.c.prompt_id == Prompt.id)
+        .join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
+        .group_by(Prompt.prompt_set_id, Prompt.split)
+    ):
+        bucket(set_id, split).slots_filled = int(filled or 0)
 
     for set_id, split, n in db.execute(
         select(Prompt.prompt_set_id, Prompt.split, func.count(Demonstration.id))

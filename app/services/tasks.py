@@ -1,12 +1,20 @@
 """Task assignment with leases.
 
-A *slot* of a prompt (for one kind, rank or demonstrate) is taken by a task that is
-``submitted``, or ``leased`` with ``lease_expires_at`` in the future. A prompt serves at
-most ``PromptSet.overlap`` slots (gold prompts: unlimited). Expired leases free their slot
-without anyone having to clean up; requeued and skipped tasks take no slot.
+A *slot* is taken by a task that is ``submitted``, or ``leased`` with ``lease_expires_at``
+in the future. Expired leases free their slot without anyone having to clean up; requeued
+and skipped tasks take no slot. Rank slots belong to a (prompt, policy) pair: a rank task
+records the policy whose completions it shows (``Task.policy_id``), and each pair serves at
+most ``PromptSet.overlap`` slots, so after a redeploy the new policy's completions of a
+prompt are ranked again. Demonstrate slots belong to the prompt (``overlap`` per prompt).
+Gold prompts are not limited by overlap.
 
-A labeler is kept off a prompt (of a kind) by any of their own tasks that is not expired:
-submitted, skipped, requeued, or leased and live.
+A labeler is kept off a (prompt, policy) pair for ranking, or off a prompt for
+demonstrating, by any of their own tasks there that is not expired: submitted, skipped,
+requeued, or leased and live. Gold prompts are served once per labeler whatever policy.
+
+Which policy a rank task shows (:func:`served_completions`): the deployed policy if it has
+K ready completions of the prompt, else the newest policy that has K. The slots checked are
+that policy's.
 
 Claims are race-free on both backends. On PostgreSQL the claimer locks its own user row
 (so one labeler's parallel requests are serialised), then a candidate prompt row with
@@ -30,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
@@ -125,47 +133,112 @@ def keeps_labeler_off(now: datetime, t: Any = Task) -> ColumnElement[bool]:
     )
 
 
-def _taken_slots(kind: str, now: datetime) -> Any:
+PolicyRef = int | ColumnElement[Any] | None
+"""A policy id, or an SQL expression for one (a column of :func:`_served_pairs`), or None
+(no policy filter)."""
+
+
+def _taken_slots(kind: str, now: datetime, policy: PolicyRef = None) -> Any:
+    """Per prompt (correlated to ``Prompt``): slots taken, of one policy's rank tasks when
+    ``policy`` is given."""
     t = aliased(Task)
-    return (
-        select(func.count(t.id))
-        .where(t.prompt_id == Prompt.id, t.kind == kind, takes_slot(now, t))
-        .correlate(Prompt)
+    conds = [t.prompt_id == Prompt.id, t.kind == kind, takes_slot(now, t)]
+    if policy is not None:
+        conds.append(t.policy_id == policy)
+    return select(func.count(t.id)).where(*conds).correlate_except(t).scalar_subquery()
+
+
+def _labeler_has(kind: str, labeler_id: int, now: datetime, policy: PolicyRef = None) -> ColumnElement[bool]:
+    """Per prompt: the labeler has a task that keeps them off (of one policy when given)."""
+    t = aliased(Task)
+    conds = [t.prompt_id == Prompt.id, t.kind == kind, t.labeler_id == labeler_id, keeps_labeler_off(now, t)]
+    if policy is not None:
+        conds.append(t.policy_id == policy)
+    return exists().where(*conds).correlate_except(t)
+
+
+def _served_pairs(ps: PromptSet) -> Any:
+    """(prompt_id, policy_id) per regular prompt of ``ps`` that can be ranked now: the policy
+    a rank task would show, as in :func:`served_completions` (the deployed policy if it has
+    K ready completions of the prompt, else the newest policy that has K). Prompts where no
+    policy has K are absent. A CTE, so a statement that refers to it more than once
+    computes it once.
+    """
+    p, c, d, pol = aliased(Prompt), aliased(Completion), aliased(Completion), aliased(Policy)
+    deployed = select(Policy.id).where(Policy.deployed.is_(True)).scalar_subquery()
+    deployed_ready = (
+        select(func.count(d.id))
+        .where(d.prompt_id == p.id, d.policy_id == deployed, d.status == "ready")
+        .correlate(p)
         .scalar_subquery()
     )
-
-
-def _labeler_has(kind: str, labeler_id: int, now: datetime) -> ColumnElement[bool]:
-    t = aliased(Task)
-    return (
-        exists()
-        .where(t.prompt_id == Prompt.id, t.kind == kind, t.labeler_id == labeler_id, keeps_labeler_off(now, t))
-        .correlate(Prompt)
-    )
-
-
-def _has_k_ready(k: int) -> ColumnElement[bool]:
-    c = aliased(Completion)
-    return exists(
+    newest_with_k = (
         select(c.policy_id)
-        .where(c.prompt_id == Prompt.id, c.status == "ready")
-        .group_by(c.policy_id)
-        .having(func.count(c.id) >= k)
+        .join(pol, pol.id == c.policy_id)
+        .where(c.prompt_id == p.id, c.status == "ready")
+        .group_by(c.policy_id, pol.version)
+        .having(func.count(c.id) >= ps.k)
+        .order_by(pol.version.desc())
+        .limit(1)
+        .correlate(p)
+        .scalar_subquery()
+    )
+    policy = case((deployed_ready >= ps.k, deployed), else_=newest_with_k)
+    per_prompt = (
+        select(p.id.label("prompt_id"), policy.label("policy_id"))
+        .where(p.prompt_set_id == ps.id, p.is_gold.is_(False))
+        # OFFSET 0 keeps the database from inlining this subquery into the outer query,
+        # where the policy expression would be evaluated once per reference, not per prompt.
+        .offset(0)
+        .subquery("per_prompt")
+    )
+    return (
+        select(per_prompt.c.prompt_id, per_prompt.c.policy_id)
+        .where(per_prompt.c.policy_id.is_not(None))
+        .cte("served")
     )
 
 
-def _open_conditions(ps: PromptSet, kind: str, labeler_id: int, now: datetime) -> list[ColumnElement[bool]]:
-    """Prompts of ``ps`` open to this labeler, except the completions condition for rank."""
-    conds = [
-        Prompt.prompt_set_id == ps.id,
-        ~_labeler_has(kind, labeler_id, now),
-        _taken_slots(kind, now) < ps.overlap,
-    ]
+def _has_k_ready_of(k: int, policy_id: int) -> ColumnElement[bool]:
+    c = aliased(Completion)
+    ready = (
+        select(func.count(c.id))
+        .where(c.prompt_id == Prompt.id, c.policy_id == policy_id, c.status == "ready")
+        .correlate_except(c)
+        .scalar_subquery()
+    )
+    return ready >= k
+
+
+def _open_prompts(
+    ps: PromptSet, kind: str, labeler_id: int, now: datetime, *columns: Any, served: Any = None
+) -> Select[Any]:
+    """``select(*columns)`` over the prompts of ``ps`` this labeler can be given a task for
+    now (gold prompts aside), ordered for claiming: prompts that others have started come
+    first, so overlapping judgements complete, then by id.
+
+    Rank: joined to the prompt's served (prompt, policy) pair (``served``: the
+    :func:`_served_pairs` of ``ps`` to reuse), which must have a free slot the labeler is
+    not kept off. Demonstrate: the prompt wants demonstrations and has a free slot the
+    labeler is not kept off.
+    """
     if kind == "rank":
-        conds.append(Prompt.is_gold.is_(False))
+        served = _served_pairs(ps) if served is None else served
+        taken = _taken_slots(kind, now, served.c.policy_id)
+        query = (
+            select(*columns)
+            .select_from(Prompt)
+            .join(served, served.c.prompt_id == Prompt.id)
+            .where(~_labeler_has(kind, labeler_id, now, served.c.policy_id))
+        )
     else:
-        conds.append(Prompt.wants_demonstration.is_(True))
-    return conds
+        taken = _taken_slots(kind, now)
+        query = (
+            select(*columns)
+            .where(Prompt.prompt_set_id == ps.id, Prompt.wants_demonstration.is_(True))
+            .where(~_labeler_has(kind, labeler_id, now))
+        )
+    return query.where(taken < ps.overlap).order_by(taken.desc(), Prompt.id)
 
 
 def _gold_conditions(ps: PromptSet, labeler_id: int, now: datetime) -> list[ColumnElement[bool]]:
@@ -194,9 +267,16 @@ def check_slot(
     overlap: int,
     now: datetime,
     exclude_task_id: int | None = None,
+    policy_id: int | None = None,
 ) -> SlotCheck:
-    """Whether this labeler may hold a slot of ``prompt`` now. Call it holding the prompt's lock."""
+    """Whether this labeler may hold a slot of ``prompt`` now. Call it holding the prompt's lock.
+
+    For a rank task on a regular prompt the slots are those of ``policy_id`` (the policy
+    whose completions the task shows); gold prompts and demonstrations count per prompt.
+    """
     others = [Task.prompt_id == prompt.id, Task.kind == kind]
+    if kind == "rank" and not prompt.is_gold:
+        others.append(Task.policy_id.is_(None) if policy_id is None else Task.policy_id == policy_id)
     if exclude_task_id is not None:
         others.append(Task.id != exclude_task_id)
     mine = db.scalar(
@@ -230,10 +310,29 @@ def lock_prompt(db: Session, prompt_id: int) -> Prompt:
 def choose_completions(db: Session, prompt: Prompt, k: int) -> list[int] | None:
     """K ready completion ids of ONE policy: the deployed one if it has K, else the newest
     policy that has K. The oldest K of that policy, so overlapping labelers see the same."""
+    served = served_completions(db, prompt, k)
+    return None if served is None else served[1]
+
+
+def served_completions(db: Session, prompt: Prompt, k: int) -> tuple[int | None, list[int]] | None:
+    """(policy id, completion ids) a rank task on ``prompt`` shows now, or None.
+
+    Regular prompts: K ready completions of ONE policy, the deployed one if it has K, else
+    the newest policy that has K; the oldest K of it, so overlapping labelers see the same.
+    Gold prompts: exactly the gold ranking's completions; the policy is that of the first.
+    """
     if prompt.is_gold:
         ids = [cid for group in (prompt.gold_ranking or []) for cid in group]
-        found = set(db.scalars(select(Completion.id).where(Completion.id.in_(ids), Completion.prompt_id == prompt.id)))
-        return ids if ids and found == set(ids) and len(found) == len(ids) else None
+        found = dict(
+            db.execute(
+                select(Completion.id, Completion.policy_id).where(
+                    Completion.id.in_(ids), Completion.prompt_id == prompt.id
+                )
+            ).all()
+        )
+        if not ids or set(found) != set(ids) or len(found) != len(ids):
+            return None
+        return found[ids[0]], ids
     rows = db.execute(
         select(Completion.id, Completion.policy_id, Policy.version, Policy.deployed)
         .join(Policy, Policy.id == Completion.policy_id)
@@ -249,7 +348,7 @@ def choose_completions(db: Session, prompt: Prompt, k: int) -> list[int] | None:
     if not eligible:
         return None
     best = max(eligible, key=lambda pid: rank_key[pid])
-    return by_policy[best][:k]
+    return best, by_policy[best][:k]
 
 
 # --- claiming -----------------------------------------------------------------------
@@ -348,7 +447,9 @@ def next_task(
     )
     if stale is not None:
         prompt = lock_prompt(db, stale.prompt_id)
-        if check_slot(db, prompt, kind, user.id, ps.overlap, now, exclude_task_id=stale.id).ok:
+        if check_slot(
+            db, prompt, kind, user.id, ps.overlap, now, exclude_task_id=stale.id, policy_id=stale.policy_id
+        ).ok:
             stale.status = "leased"
             stale.lease_expires_at = now + timedelta(minutes=lease_minutes)
             db.flush()
@@ -360,18 +461,18 @@ def next_task(
         .execution_options(synchronize_session=False)
     )
 
-    chosen: dict[int, list[int]] = {}
+    chosen: dict[int, tuple[int | None, list[int]]] = {}
 
     def accept(prompt: Prompt) -> bool:
-        if not check_slot(db, prompt, kind, user.id, ps.overlap, now).ok:
-            return False
+        # Under the prompt's lock: pick the policy to show first, then recount its slots.
+        served: tuple[int | None, list[int]] | None = (None, [])
         if kind == "rank":
-            ids = choose_completions(db, prompt, ps.k)
-            if ids is None:
+            served = served_completions(db, prompt, ps.k)
+            if served is None:
                 return False
-            chosen[prompt.id] = ids
-        else:
-            chosen[prompt.id] = []
+        if not check_slot(db, prompt, kind, user.id, ps.overlap, now, policy_id=served[0]).ok:
+            return False
+        chosen[prompt.id] = served
         return True
 
     prompt: Prompt | None = None
@@ -379,15 +480,11 @@ def next_task(
         gold = select(Prompt).where(*_gold_conditions(ps, user.id, now)).order_by(Prompt.id)
         prompt = _claim_from(db, gold, accept)
     if prompt is None:
-        conds = _open_conditions(ps, kind, user.id, now)
-        if kind == "rank":
-            conds.append(_has_k_ready(ps.k))
-        # Fill prompts that others have started first, so overlapping judgements complete.
-        base = select(Prompt).where(*conds).order_by(_taken_slots(kind, now).desc(), Prompt.id)
-        prompt = _claim_from(db, base, accept)
+        prompt = _claim_from(db, _open_prompts(ps, kind, user.id, now, Prompt), accept)
     if prompt is None:
         return None
 
+    policy_id, completion_ids = chosen[prompt.id]
     task = Task(
         prompt_id=prompt.id,
         prompt_set_id=ps.id,
@@ -395,12 +492,13 @@ def next_task(
         kind=kind,
         status="leased",
         completion_ids=[],
+        policy_id=policy_id,
         lease_expires_at=now + timedelta(minutes=lease_minutes),
         created_at=now,
     )
     db.add(task)
     db.flush()
-    ids = list(chosen[prompt.id])
+    ids = list(completion_ids)
     random.Random(f"task:{task.id}").shuffle(ids)  # display order: deterministic per task
     task.completion_ids = ids
     db.flush()
@@ -435,7 +533,9 @@ def relet_expired(db: Session, task: Task, now: datetime) -> None:
     """
     prompt = lock_prompt(db, task.prompt_id)
     ps = get_prompt_set(db, task.prompt_set_id)
-    check = check_slot(db, prompt, task.kind, task.labeler_id, ps.overlap, now, exclude_task_id=task.id)
+    check = check_slot(
+        db, prompt, task.kind, task.labeler_id, ps.overlap, now, exclude_task_id=task.id, policy_id=task.policy_id
+    )
     if not check.ok:
         why = (
             "you have a newer task for the same prompt"
@@ -514,7 +614,13 @@ class SetProgress:
 
 
 def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None) -> SetProgress:
-    """What this labeler has done in the set and what is left for them right now."""
+    """What this labeler has done in the set and what is left for them right now.
+
+    ``rank_left`` counts the prompts ``next`` could give them now (the served policy's
+    pair open to them). ``waiting_for_completions`` counts the prompts whose rank work for
+    the deployed policy is open to them but which lack its K ready completions (with no
+    policy deployed: prompts where no policy has K).
+    """
     now = now or utcnow()
 
     def count_prompts(*conds: ColumnElement[bool]) -> int:
@@ -541,30 +647,50 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
             Task.labeler_id == user.id, Task.prompt_set_id == ps.id, Task.status == "leased", Task.lease_expires_at > now
         )
     )
-    rank_open = _open_conditions(ps, "rank", user.id, now)
-    rank_left = count_prompts(*rank_open, _has_k_ready(ps.k))
-    waiting = count_prompts(*rank_open, ~_has_k_ready(ps.k))
-    demo_left = count_prompts(*_open_conditions(ps, "demonstrate", user.id, now))
+    deployed = db.scalar(select(Policy.id).where(Policy.deployed.is_(True)))
+    # One statement for what depends on the served pairs, so they are computed once.
+    served = _served_pairs(ps)
+    rank_open = _open_prompts(ps, "rank", user.id, now, Prompt.id, served=served).order_by(None)
+    rank_left = select(func.count()).select_from(rank_open.subquery()).scalar_subquery()
+    regular = [Prompt.prompt_set_id == ps.id, Prompt.is_gold.is_(False)]
+    if deployed is None:
+        waiting = select(func.count(Prompt.id)).where(*regular, Prompt.id.not_in(select(served.c.prompt_id)))
+    else:
+        waiting = select(func.count(Prompt.id)).where(
+            *regular,
+            ~_has_k_ready_of(ps.k, deployed),
+            ~_labeler_has("rank", user.id, now, deployed),
+            _taken_slots("rank", now, deployed) < ps.overlap,
+            Prompt.id.not_in(rank_open),
+        )
+    # When could a full prompt open up again? The earliest live lease of another labeler
+    # on a prompt (rank: on the pair served now) this labeler has not done.
+    own = aliased(Task)
+    next_expiry = select(func.min(Task.lease_expires_at)).where(
+        Task.prompt_set_id == ps.id,
+        Task.labeler_id != user.id,
+        Task.status == "leased",
+        Task.lease_expires_at > now,
+        or_(
+            Task.kind != "rank",
+            exists().where(served.c.prompt_id == Task.prompt_id, served.c.policy_id == Task.policy_id),
+        ),
+        ~exists().where(
+            own.prompt_id == Task.prompt_id,
+            own.kind == Task.kind,
+            own.policy_id.is_not_distinct_from(Task.policy_id),
+            own.labeler_id == user.id,
+            keeps_labeler_off(now, own),
+        ),
+    )
+    rank_left_n, waiting_n, next_expiry_at = db.execute(
+        select(rank_left, waiting.scalar_subquery(), next_expiry.scalar_subquery())
+    ).one()
+    demo_open = _open_prompts(ps, "demonstrate", user.id, now, Prompt.id).order_by(None)
+    demo_left = db.scalar(select(func.count()).select_from(demo_open.subquery())) or 0
     offers_demos = ps.demonstration_share > 0 or count_prompts(
         Prompt.prompt_set_id == ps.id, Prompt.wants_demonstration.is_(True)
     ) > 0
-    # When could a full prompt open up again? The earliest live lease of another labeler
-    # on a prompt this labeler has not done.
-    own = aliased(Task)
-    next_expiry = db.scalar(
-        select(func.min(Task.lease_expires_at)).where(
-            Task.prompt_set_id == ps.id,
-            Task.labeler_id != user.id,
-            Task.status == "leased",
-            Task.lease_expires_at > now,
-            ~exists().where(
-                own.prompt_id == Task.prompt_id,
-                own.kind == Task.kind,
-                own.labeler_id == user.id,
-                keeps_labeler_off(now, own),
-            ),
-        )
-    )
     return SetProgress(
         prompt_set_id=ps.id,
         name=ps.name,
@@ -573,11 +699,11 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
         demonstrated=demonstrated or 0,
         skipped=sum(n for (_, status), n in counts.items() if status == "skipped"),
         holding=holding or 0,
-        rank_left=rank_left,
+        rank_left=rank_left_n or 0,
         demonstrate_left=demo_left,
-        waiting_for_completions=waiting,
+        waiting_for_completions=waiting_n or 0,
         offers_demonstrations=offers_demos,
-        next_lease_expiry=next_expiry,
+        next_lease_expiry=next_expiry_at,
     )
 
 
