@@ -164,8 +164,16 @@ window.adminPages = (function () {
     }).catch(() => poll(refresh));
   }
 
+  // Selects that submit their form on change (no inline handlers: the CSP forbids them).
+  function autosubmit() {
+    for (const select of document.querySelectorAll("select[data-autosubmit]")) {
+      select.addEventListener("change", () => select.form.submit());
+    }
+  }
+
   function init() {
     confirmations();
+    autosubmit();
     runsList();
     runDetail();
   }

@@ -2,13 +2,15 @@
 username, token name, demonstration, comment, run error and audit text all hold script
 payloads; every page that shows them is loaded in Chromium and must run none of them
 (``window.__xss`` stays undefined, no dialog opens, no injected element exists) while
-showing the payloads as plain text."""
+showing the payloads as plain text. The Content-Security-Policy (script only from /static)
+is the second line of defence; the pages must work under it."""
 
 from __future__ import annotations
 
 import json
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from app.models import Completion, RunLog, RunMetric, TrainingRun, User
@@ -74,7 +76,8 @@ def _seed(database, make_account):  # type: ignore[no-untyped-def]
 
 
 def _visit(page, url: str, dialogs: list[str], wait_for: str | None = None) -> dict:  # type: ignore[no-untyped-def]
-    page.goto(url)
+    response = page.goto(url)
+    assert "script-src 'self'" in response.headers.get("content-security-policy", ""), url
     if wait_for:
         page.wait_for_selector(wait_for)
     page.wait_for_load_state("networkidle")
@@ -93,7 +96,18 @@ def _assert_inert(state: dict, url: str, shown: tuple[str, ...]) -> None:
     assert not missing, f"{url}: not shown as text: {missing}"
 
 
-def test_script_payloads_stay_inert_text_on_every_page(page, live_server, admin, make_account, database) -> None:
+@pytest.fixture
+def strict_page(browser):  # type: ignore[no-untyped-def]
+    """A page under the app's real Content-Security-Policy (the shared fixture bypasses it)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(10_000)
+    yield pg
+    context.close()
+
+
+def test_script_payloads_stay_inert_text_on_every_page(strict_page, live_server, admin, make_account, database) -> None:
+    page = strict_page
     ids = _seed(database, make_account)
     dialogs: list[str] = []
 
@@ -102,6 +116,9 @@ def test_script_payloads_stay_inert_text_on_every_page(page, live_server, admin,
         d.dismiss()
 
     page.on("dialog", on_dialog)
+    # The Content-Security-Policy must not break the pages themselves (no inline script).
+    csp_errors: list[str] = []
+    page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
     base = live_server
     labeler_pages = [
         ("/label", None, (BOTH, SVG)),
@@ -141,3 +158,8 @@ def test_script_payloads_stay_inert_text_on_every_page(page, live_server, admin,
         state = _visit(page, base + path, dialogs)
         _assert_inert(state, path, shown)
         screenshot(page, "xss" + path.replace("/", "-").replace("?", "-").replace("=", "-"))
+    # The quality page's set picker submits on change through admin.js (not an inline handler).
+    page.goto(f"{base}/admin/quality")
+    page.select_option("select[name=prompt_set_id]", str(ids["set"]))
+    page.wait_for_url(f"**/admin/quality?prompt_set_id={ids['set']}")
+    assert csp_errors == []
