@@ -38,12 +38,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Integer, Select, and_, bindparam, case, exists, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
 from app.models import TASK_KINDS, Completion, Demonstration, Policy, Prompt, PromptSet, Ranking, Task, User
-from app.models.base import utcnow
+from app.models.base import UTCDateTime, utcnow
 from app.services.errors import Conflict, Forbidden, Invalid, NotFound
 
 log = logging.getLogger(__name__)
@@ -377,13 +377,55 @@ def held_task(db: Session, labeler_id: int, prompt_set_id: int, kind: str, now: 
     )
 
 
+class _SetParams:
+    """Bind parameters standing in for a prompt set's id, K and overlap in the claim
+    statements, which are built once (:func:`_claim_statement`)."""
+
+    id = bindparam("ps_id", type_=Integer)
+    k = bindparam("ps_k", type_=Integer)
+    overlap = bindparam("ps_overlap", type_=Integer)
+
+
+_claim_statements: dict[tuple[str, bool], Any] = {}
+
+
+def _claim_statement(which: str, skip_locked: bool) -> Any:
+    """The claim query of ``which`` (rank, demonstrate or gold): the first open prompt not
+    in ``rejected``, locked. Built once per process with bind parameters and then reused:
+    building it (aliases, correlated subqueries, the served pairs) took about 10 ms of CPU,
+    the largest single cost of a claim request under load (docs/benchmarks.md, "Load"), and
+    a reused statement also keeps its memoized cache key. Parameters: ``ps_id``, ``ps_k``,
+    ``ps_overlap``, ``labeler_id``, ``now`` and ``rejected`` (see :func:`next_task`).
+    """
+    key = (which, skip_locked)
+    stmt = _claim_statements.get(key)
+    if stmt is None:
+        ps: Any = _SetParams
+        labeler_id: Any = bindparam("labeler_id", type_=Integer)
+        now: Any = bindparam("now", type_=UTCDateTime())
+        if which == "gold":
+            base = select(Prompt).where(*_gold_conditions(ps, labeler_id, now)).order_by(Prompt.id)
+        else:
+            base = _open_prompts(ps, which, labeler_id, now, Prompt)
+        stmt = (
+            base.where(Prompt.id.not_in(bindparam("rejected", expanding=True)))
+            .limit(1)
+            .with_for_update(of=Prompt, skip_locked=skip_locked, key_share=True)
+            .execution_options(populate_existing=True)
+        )
+        _claim_statements[key] = stmt
+    return stmt
+
+
 def _claim_from(
     db: Session,
-    base: Any,
+    which: str,
+    params: dict[str, Any],
     accept: Callable[[Prompt], bool],
     max_tries: int = 50,
 ) -> Prompt | None:
-    """Lock the first prompt of ``base`` that ``accept`` (a recount under the lock) agrees to.
+    """Lock the first prompt of the ``which`` claim query that ``accept`` (a recount under
+    the lock) agrees to.
 
     First pass skips prompts other claimers hold locked; when that finds nothing, a second
     pass waits for them, so a set with free slots never answers "nothing left" only
@@ -391,11 +433,9 @@ def _claim_from(
     """
     rejected: list[int] = []
     for skip_locked in (True, False):
+        query = _claim_statement(which, skip_locked)
         for _ in range(max_tries):
-            query = base.limit(1).with_for_update(of=Prompt, skip_locked=skip_locked, key_share=True)
-            if rejected:
-                query = query.where(Prompt.id.not_in(rejected))
-            prompt = db.scalar(query.execution_options(populate_existing=True))
+            prompt = db.scalar(query, {**params, "rejected": list(rejected)})
             if prompt is None:
                 break
             if accept(prompt):
@@ -475,12 +515,12 @@ def next_task(
         chosen[prompt.id] = served
         return True
 
+    params = {"ps_id": ps.id, "ps_k": ps.k, "ps_overlap": ps.overlap, "labeler_id": user.id, "now": now}
     prompt: Prompt | None = None
     if kind == "rank" and gold_rate > 0 and rng.random() < gold_rate:
-        gold = select(Prompt).where(*_gold_conditions(ps, user.id, now)).order_by(Prompt.id)
-        prompt = _claim_from(db, gold, accept)
+        prompt = _claim_from(db, "gold", params, accept)
     if prompt is None:
-        prompt = _claim_from(db, _open_prompts(ps, kind, user.id, now, Prompt), accept)
+        prompt = _claim_from(db, kind, params, accept)
     if prompt is None:
         return None
 
