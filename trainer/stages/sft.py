@@ -90,12 +90,12 @@ def completion_loss(
     ``reduction="sum"`` returns the summed loss (for exact token-weighted averages).
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    shift_logits = logits[:, :-1].float()
-    shift_labels = batch["labels"][:, 1:]
-    n_tokens = (shift_labels != IGNORE_INDEX).sum()
+    # Shift the labels left instead of slicing the logits: no copy of the [B, T, vocab] tensor.
+    labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
+    n_tokens = (labels != IGNORE_INDEX).sum()
     loss_sum = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),
-        shift_labels.reshape(-1),
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
