@@ -106,8 +106,11 @@ def strict_page(browser):  # type: ignore[no-untyped-def]
     context.close()
 
 
-def test_script_payloads_stay_inert_text_on_every_page(strict_page, live_server, admin, make_account, database) -> None:
+def test_script_payloads_stay_inert_text_on_every_page(
+    strict_page, live_server, admin, make_account, database, settings
+) -> None:
     page = strict_page
+    settings.gold_rate = 0.0  # the ranking page serves the "Rank this" prompt, not the gold one
     ids = _seed(database, make_account)
     dialogs: list[str] = []
 
