@@ -47,7 +47,9 @@ def test_evaluate_with_a_reward_model_scorer(policy, tokenizer):
     prev = copy.deepcopy(policy)
     with torch.no_grad():
         policy.lm_head.weight.mul_(1.5)  # sharper (tied) output distribution
-    result = evaluate_policies(policy, prev, reward_fn_from_model(rm, tokenizer), tokenizer, PROMPTS, EvalParams(max_new_tokens=6))
+    result = evaluate_policies(
+        policy, prev, reward_fn_from_model(rm, tokenizer), tokenizer, PROMPTS, EvalParams(max_new_tokens=6)
+    )
     assert set(result) == {"win_rate", "mean_score_new", "mean_score_prev", "kl_from_prev", "n"}
     assert all(torch.isfinite(torch.tensor(v)) for v in result.values())
     assert 0.0 <= result["win_rate"] <= 1.0

@@ -122,10 +122,17 @@ def test_missing_eos_penalty_is_added_to_the_score(policy, tokenizer, accelerato
     value = RewardModel.from_causal_lm(policy)
     zero = lambda p, r: torch.zeros(len(r))  # noqa: E731
     train_ppo(
-        policy, ref, value, zero, tokenizer, PROMPTS, small_config(iterations=1, missing_eos_penalty=-1.0),
-        accelerator=accelerator, on_step=step_log,
+        policy,
+        ref,
+        value,
+        zero,
+        tokenizer,
+        PROMPTS,
+        small_config(iterations=1, missing_eos_penalty=-1.0),
+        accelerator=accelerator,
+        on_step=step_log,
     )
-    (_, _, m), = step_log.calls
+    ((_, _, m),) = step_log.calls
     assert m["score"] == 0.0
     assert m["reward"] == pytest.approx(-(1.0 - m["eos_fraction"]), abs=1e-6)
     with pytest.raises(ValueError):
@@ -138,8 +145,16 @@ def test_ptx_term_and_adaptive_kl(policy, tokenizer, accelerator, step_log):
     demos = [SFTExample(p, None, "a short demonstration") for p in PROMPTS[:4]]
     config = small_config(iterations=2, ptx_coef=0.5, ptx_batch_size=2, adaptive_kl=True, target_kl=0.001, horizon=100)
     metrics = train_ppo(
-        policy, ref, value, count_e, tokenizer, PROMPTS, config, ptx_examples=demos,
-        accelerator=accelerator, on_step=step_log,
+        policy,
+        ref,
+        value,
+        count_e,
+        tokenizer,
+        PROMPTS,
+        config,
+        ptx_examples=demos,
+        accelerator=accelerator,
+        on_step=step_log,
     )
     ptx = step_log.series("ptx_loss")
     assert len(ptx) == 2 and all(v > 0 for v in ptx)
@@ -168,6 +183,13 @@ def test_ppo_cancel(policy, tokenizer, accelerator):
     value = RewardModel.from_causal_lm(policy)
     with pytest.raises(Cancelled):
         train_ppo(
-            policy, ref, value, count_e, tokenizer, PROMPTS, small_config(),
-            accelerator=accelerator, should_stop=lambda: True,
+            policy,
+            ref,
+            value,
+            count_e,
+            tokenizer,
+            PROMPTS,
+            small_config(),
+            accelerator=accelerator,
+            should_stop=lambda: True,
         )

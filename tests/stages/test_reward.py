@@ -77,14 +77,18 @@ def test_head_init_small_weights_zero_bias(rm):
 
 def test_kway_ranking_is_encoded_once_per_completion(rm, tokenizer, accelerator):
     rows: list[int] = []
-    rm.backbone.register_forward_hook(lambda mod, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    rm.backbone.register_forward_hook(
+        lambda mod, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     ranking = RankingExample("Pick one", None, ["alpha", "bravo", "charlie", "delta"], [[2], [0], [3], [1]])
     metrics = train_reward_model(rm, tokenizer, [ranking], [], RMConfig(rankings_per_batch=1), accelerator)
     assert rows == [4]  # K sequences, not K(K-1) = 12
     assert metrics["pairs"] == 6 and metrics["forward_rows"] == 4
 
     rows.clear()
-    metrics = train_reward_model(rm, tokenizer, [ranking], [], RMConfig(rankings_per_batch=1, mode="pairwise"), accelerator)
+    metrics = train_reward_model(
+        rm, tokenizer, [ranking], [], RMConfig(rankings_per_batch=1, mode="pairwise"), accelerator
+    )
     assert rows == [12]
     assert metrics["pairs"] == 6
 
@@ -152,7 +156,10 @@ def test_normalisation_save_and_load(rm, tokenizer, tmp_path):
         rm.score_head.weight.mul_(50.0)  # make scores far from zero first
     offset = normalize_reward_bias(rm, tokenizer, demos)
     assert abs(offset) > 1e-3
-    rendered = [build_chat_prompt(tokenizer, p, None) if isinstance(p, str) else build_chat_prompt(tokenizer, None, p) for p, _ in demos]
+    rendered = [
+        build_chat_prompt(tokenizer, p, None) if isinstance(p, str) else build_chat_prompt(tokenizer, None, p)
+        for p, _ in demos
+    ]
     scores = score(rm, tokenizer, rendered, [r for _, r in demos])
     assert abs(scores.double().mean().item()) < 1e-4
     assert rm.score_head.bias.item() == pytest.approx(offset, abs=1e-6)

@@ -18,7 +18,9 @@ def colour_examples(n: int, offset: int = 0) -> list[SFTExample]:
     for i in range(n):
         thing, colour = items[(i + offset) % len(items)]
         if i % 2:
-            out.append(SFTExample(prompt=f"What colour is the {thing}?", messages=None, completion=f"The {thing} is {colour}."))
+            out.append(
+                SFTExample(prompt=f"What colour is the {thing}?", messages=None, completion=f"The {thing} is {colour}.")
+            )
         else:
             msgs = [{"role": "user", "content": f"What colour is the {thing}?"}]
             out.append(SFTExample(prompt=None, messages=msgs, completion=f"The {thing} is {colour}."))
@@ -62,7 +64,10 @@ def test_truncation_keeps_the_response_budget(tokenizer):
     ids, labels = encode_sft_example(tokenizer, ex, max_length=32)
     assert len(ids) == 32
     assert labels[-1] == tokenizer.eos_token_id
-    assert sum(1 for x in labels if x != IGNORE_INDEX) == len(tokenizer("the answer", add_special_tokens=False)["input_ids"]) + 1
+    assert (
+        sum(1 for x in labels if x != IGNORE_INDEX)
+        == len(tokenizer("the answer", add_special_tokens=False)["input_ids"]) + 1
+    )
 
 
 def test_set_dropout_off_zeroes_config_and_modules(tiny_dir):

@@ -222,6 +222,25 @@ def maybe_gradient_checkpointing(model: nn.Module, accelerator) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def make_adamw(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """AdamW, fused where torch supports it for these parameters (CPU or CUDA floats).
+
+    The fused kernel is several times faster than the per-tensor loop on CPU (about 1 s
+    less per step for SmolLM2-135M on one core); it computes the same update.
+    """
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fusable = bool(tensors) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in tensors
+    )
+    if fusable:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError, TypeError):
+            logger.debug("fused AdamW unavailable here; using the default implementation")
+    return torch.optim.AdamW(groups, **kwargs)
+
+
 def seed_everything(seed: int, accelerator=None) -> None:
     """Seed torch (and python/numpy via accelerate) differently on each process."""
     from accelerate.utils import set_seed
@@ -400,9 +419,7 @@ def sample_responses(
         responses = torch.full((ids.shape[0], 1), eos_id, dtype=torch.long, device=device)
     resp_mask, has_eos = response_mask_from_eos(responses, eos_id)
     responses = torch.where(resp_mask.bool(), responses, torch.full_like(responses, pad_id))
-    texts = [
-        tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(responses, resp_mask)
-    ]
+    texts = [tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(responses, resp_mask)]
     return Samples(
         input_ids=torch.cat([ids, responses], dim=1),
         attention_mask=torch.cat([mask, resp_mask], dim=1),

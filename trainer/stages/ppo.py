@@ -41,6 +41,7 @@ from .common import (
     emit,
     entropy_from_logits,
     get_accelerator,
+    make_adamw,
     masked_mean,
     masked_whiten,
     maybe_gradient_checkpointing,
@@ -245,7 +246,7 @@ def train_ppo(
         {"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.lr},
         {"params": [p for p in value_model.parameters() if p.requires_grad], "lr": config.value_lr or config.lr},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, eps=1e-5)
+    optimizer = make_adamw(groups, lr=config.lr, weight_decay=config.weight_decay, eps=1e-5)
     micro = config.micro_batch_size or config.minibatch_size
     n_micro = config.minibatch_size // micro
     accelerator.gradient_accumulation_steps = n_micro

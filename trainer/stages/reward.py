@@ -51,6 +51,7 @@ from .common import (
     encode_prompt_response,
     get_accelerator,
     lr_lambda,
+    make_adamw,
     maybe_gradient_checkpointing,
     model_device,
     pad_right,
@@ -326,7 +327,9 @@ def evaluate_rankings(
     local = shard(usable, accelerator)
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # correct, pairs, loss sum, rankings
     for i in range(0, len(local), config.eval_rankings_per_batch):
-        enc = [_encode_ranking(tokenizer, ex, config.max_length) for ex in local[i : i + config.eval_rankings_per_batch]]
+        enc = [
+            _encode_ranking(tokenizer, ex, config.max_length) for ex in local[i : i + config.eval_rankings_per_batch]
+        ]
         ids, mask, groups = ranking_batch(enc, pad_id, "kway")
         with accelerator.autocast():
             scores = rm(ids.to(accelerator.device), mask.to(accelerator.device))
@@ -389,7 +392,7 @@ def train_reward_model(
     # The pairwise loss is invariant to the head bias (its gradient is 0 up to rounding,
     # which Adam would amplify into drift), so the bias is left to normalisation.
     bias = rm.score_head.bias
-    optimizer = torch.optim.AdamW(
+    optimizer = make_adamw(
         [p for p in rm.parameters() if p.requires_grad and p is not bias],
         lr=config.lr,
         weight_decay=config.weight_decay,

@@ -27,6 +27,7 @@ from .common import (
     encode_prompt_response,
     get_accelerator,
     lr_lambda,
+    make_adamw,
     maybe_gradient_checkpointing,
     pad_right,
     pad_token_id,
@@ -158,7 +159,7 @@ def train_sft(
     )
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
+    optimizer = make_adamw(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
         betas=(0.9, 0.95),
