@@ -22,6 +22,17 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+#: PostgreSQL connections a process keeps open, and how many more it may open for a while.
+#: The web server runs at most POOL_SIZE requests at once per worker process (app/main.py
+#: caps AnyIO's thread pool to it), so under load the pool stays warm: with more request
+#: threads than kept connections it opened and closed an overflow connection (a new
+#: PostgreSQL backend) every few requests (docs/benchmarks.md, "Load"). Budget
+#: ``(POOL_SIZE + MAX_OVERFLOW) x processes`` against PostgreSQL's max_connections.
+POOL_SIZE = 20
+MAX_OVERFLOW = 10
+POOL_TIMEOUT_S = 10
+
+
 def is_sqlite(url_or_engine: str | Engine) -> bool:
     url = url_or_engine if isinstance(url_or_engine, str) else str(url_or_engine.url)
     return url.startswith("sqlite")
@@ -46,7 +57,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, pool_timeout=POOL_TIMEOUT_S
+    )
 
 
 class Database:

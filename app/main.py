@@ -6,17 +6,19 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from itsdangerous import Signer
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from app.config import Settings, get_settings
-from app.db import Database
+from app.db import POOL_SIZE, Database
 from app.deps import LoginRequired
 from app.routes.api import api_router
 from app.routes.pages import pages_router
@@ -75,6 +77,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        # Sync routes and dependencies run in AnyIO's thread pool (40 threads by default),
+        # each holding a pooled connection while it works: no more threads than the pool
+        # keeps connections (see app/db.py).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
         yield
         if database is None:
             db.dispose()
@@ -145,6 +151,16 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         log.warning("database unavailable: %s", exc)
         return JSONResponse(
             {"detail": "database unavailable; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _database_busy(request: Request, exc: Exception) -> Response:
+        # Every pooled connection stayed busy for POOL_TIMEOUT_S: overload, not a bug.
+        log.warning("no database connection free: %s", exc)
+        return JSONResponse(
+            {"detail": "server busy: no database connection free; try again shortly"},
             status_code=503,
             headers={"Retry-After": "2"},
         )

@@ -1,5 +1,6 @@
 """PostgreSQL restarted under labelers: 503 with a clear message while it is down, recovery
-without restarting the app, no acknowledged submission lost, retries idempotent.
+without restarting the app, no acknowledged submission lost, retries idempotent. And a
+pool with no free connection is a 503 too.
 
 The test starts its own throwaway PostgreSQL cluster (initdb + pg_ctl, as the `postgres`
 OS user when run as root) on a free port, so stopping it disturbs nothing else on the
@@ -37,8 +38,6 @@ from app.models import Ranking, Task
 from app.models.base import utcnow
 from app.services import tokens, users
 from tests.factories import ready_set
-
-pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELERS = 4
@@ -192,6 +191,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
     pytest.fail(f"timed out waiting for {what}")
 
 
+@pytest.mark.postgres
 def test_postgres_restart_under_labelers_answers_503_recovers_and_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
     url = cluster.url()
     migrate.upgrade(url)
@@ -328,3 +328,28 @@ def test_postgres_restart_under_labelers_answers_503_recovers_and_loses_nothing(
 
     database.dispose()
     print(f"acknowledged {len(acked)}, resent {labelers.resent}, statuses {dict(labelers.statuses)}, 5xx {dict(labelers.details)}")
+
+
+def test_no_free_database_connection_answers_503_not_500(db_url: str, settings, make_account) -> None:  # type: ignore[no-untyped-def]
+    """Overload: every pooled connection busy past the pool timeout is a 503 with a message."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from app.main import create_app
+
+    labeler = make_account("labeler")
+    tiny = Database(db_url)
+    tiny.engine.dispose()
+    tiny.engine = create_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    tiny.sessionmaker = sessionmaker(tiny.engine, expire_on_commit=False)
+    try:
+        with TestClient(create_app(settings, tiny)) as client:
+            assert client.get("/api/v1/tasks/progress?prompt_set_id=1", headers=labeler.headers).status_code == 404
+            with tiny.engine.connect():  # the only connection, held
+                r = client.post("/api/v1/tasks/next", json={"prompt_set_id": 1, "kind": "rank"}, headers=labeler.headers)
+            assert r.status_code == 503, r.text
+            assert r.json() == {"detail": "server busy: no database connection free; try again shortly"}
+            assert r.headers["retry-after"] == "2"
+    finally:
+        tiny.dispose()
