@@ -426,10 +426,17 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({short}:{line})" if path else name
 
 
+def _package(frame: str) -> str:
+    """The top-level package (or stdlib module) of a py-spy frame."""
+    where = frame.rpartition(" (")[2].rstrip(")").rpartition(":")[0]
+    return where.split("/")[0] if "/" in where else where.removesuffix(".py")
+
+
 def profile_top(path: Path, n: int = 15) -> str:
     """Top functions of a py-spy raw profile by self samples, and app/ functions by inclusive samples."""
     self_samples: Counter = Counter()
     inclusive: Counter = Counter()
+    packages: Counter = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -441,14 +448,17 @@ def profile_top(path: Path, n: int = 15) -> str:
             continue
         total += count
         self_samples[_frame_name(frames[-1])] += count
+        packages[_package(frames[-1])] += count
         for frame in {_frame_name(f) for f in frames if "/app/" in f or "(app/" in f}:
             inclusive[frame] += count
     if not total:
         return "(no samples)"
     rows = [[f"`{fn}`", str(c), f"{100 * c / total:.1f}%"] for fn, c in self_samples.most_common(n)]
     app_rows = [[f"`{fn}`", str(c), f"{100 * c / total:.1f}%"] for fn, c in inclusive.most_common(n)]
+    by_package = ", ".join(f"{name} {100 * c / total:.0f}%" for name, c in packages.most_common(8))
     return (
-        f"{total} samples of server threads holding the GIL.\n\nBy self time (the function on top of the stack):\n\n"
+        f"{total} samples of server threads holding the GIL. Self time by package: {by_package}.\n\n"
+        "By self time (the function on top of the stack):\n\n"
         + markdown_table(["function", "samples", "share"], rows)
         + "\n\napp/ code by inclusive time (the function anywhere on the stack):\n\n"
         + markdown_table(["function", "samples", "share"], app_rows)
