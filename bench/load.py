@@ -369,23 +369,37 @@ def _pg_ready() -> bool:
 def restart_postgres_later(after_s: float, t0: float, record: dict[str, float]) -> threading.Thread:
     """Restart the machine's PostgreSQL cluster ``after_s`` seconds from now (a thread).
 
-    Records when the stop began, how long ``pg_ctlcluster restart`` took and when the
-    server accepted connections again (seconds since ``t0``, a perf_counter value).
+    Records (seconds since ``t0``, a perf_counter value) when ``pg_ctlcluster restart``
+    began and returned, and, from a probe that connects every 50 ms, when PostgreSQL first
+    refused a connection and when it accepted one again.
     """
 
     def _restart() -> None:
         time.sleep(after_s)
         version = sorted(os.listdir("/etc/postgresql"))[0]
-        record["down_at"] = time.perf_counter() - t0
+        done = threading.Event()
+
+        def _probe() -> None:
+            while not done.is_set() or "down_at" in record and "up_at" not in record:
+                ok = _pg_ready()
+                now = time.perf_counter() - t0
+                if not ok and "down_at" not in record:
+                    record["down_at"] = now
+                elif ok and "down_at" in record and "up_at" not in record:
+                    record["up_at"] = now
+                time.sleep(0.05)
+
+        probe = threading.Thread(target=_probe, daemon=True)
+        probe.start()
+        record["restart_at"] = time.perf_counter() - t0
         subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],  # fast mode
             check=False,
             capture_output=True,
         )
         record["restart_done_at"] = time.perf_counter() - t0
-        while not _pg_ready():
-            time.sleep(0.05)
-        record["up_at"] = time.perf_counter() - t0
+        done.set()
+        probe.join(timeout=60)
 
     thread = threading.Thread(target=_restart, daemon=True)
     thread.start()
@@ -547,15 +561,18 @@ def fault_lines(results: list[LevelResult]) -> str:
         if not r:
             continue
         down, up = r.get("down_at", float("nan")), r.get("up_at", float("nan"))
-        during = [s for s in res.samples if down <= s.at <= up + 0.5]
+        during = [s for s in res.samples if down <= s.at <= up]
         errors = [s for s in res.samples if s.status >= 500]
         last_error = max((s.at for s in errors), default=float("nan"))
         lines.append(
-            f"{res.labelers} labelers: PostgreSQL stopped at {down:.1f} s, accepting connections again at "
-            f"{up:.1f} s ({up - down:.1f} s down); {len(during)} requests in that window; "
+            f"{res.labelers} labelers: `pg_ctlcluster restart` ran from {r.get('restart_at', float('nan')):.1f} s to "
+            f"{r.get('restart_done_at', float('nan')):.1f} s; PostgreSQL refused connections from {down:.1f} s "
+            f"and accepted them again at {up:.1f} s ({up - down:.1f} s down); {len(during)} requests were sent "
+            "in that window; "
             f"{res.count(503)} answers 503, {res.count(599)} connection errors, "
             f"{sum(1 for s in errors if s.status not in (503, 599))} other 5xx; "
-            f"last error at {last_error:.1f} s ({last_error - up:+.1f} s after PostgreSQL was back); "
+            f"the last error answered a request sent at {last_error:.1f} s ({last_error - up:+.1f} s from "
+            "PostgreSQL being back); "
             f"{res.resent} submissions re-sent with the same payload."
         )
         for (status, detail), n in res.details.most_common():
