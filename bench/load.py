@@ -573,11 +573,11 @@ def fault_lines(results: list[LevelResult]) -> str:
             f"{sum(1 for s in errors if s.status not in (503, 599))} other 5xx; "
             f"the last error answered a request sent at {last_error:.1f} s ({last_error - up:+.1f} s from "
             "PostgreSQL being back); "
-            f"{res.resent} submissions re-sent with the same payload."
+            f"{res.resent} submissions re-sent with the same payload. Error answers: "
+            + ("; ".join(f"{n} x {status} `{detail}`" for (status, detail), n in res.details.most_common()) or "none")
+            + "."
         )
-        for (status, detail), n in res.details.most_common():
-            lines.append(f"  - {n} x {status} `{detail}`")
-    return "\n".join(lines)
+    return "\n\n".join(lines)
 
 
 def write_section(title: str, text: str) -> None:
