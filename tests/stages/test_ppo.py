@@ -87,6 +87,7 @@ def test_ppo_raises_synthetic_reward_and_logs(policy, tokenizer, accelerator, st
     torch.manual_seed(0)
     ref = copy.deepcopy(policy)
     value = RewardModel.from_causal_lm(policy)
+    value_before = value.score_head.weight.detach().clone()
     rendered = [prompt_text(tokenizer, p) for p in PROMPTS] * 4
 
     def sampled_reward() -> float:
@@ -113,8 +114,9 @@ def test_ppo_raises_synthetic_reward_and_logs(policy, tokenizer, accelerator, st
     assert kl[-1] > 0.0
     assert metrics["score"] == scores[-1] and metrics["score_first"] == scores[0]
     assert metrics["episodes"] == 8 * 16
-    # The reference policy stays frozen.
+    # The reference policy stays frozen; the value model trained.
     assert all(not p.requires_grad for p in ref.parameters())
+    assert not torch.equal(value.score_head.weight, value_before)
 
 
 def test_missing_eos_penalty_is_added_to_the_score(policy, tokenizer, accelerator, step_log):

@@ -188,3 +188,16 @@ def test_from_causal_lm_matches_policy_dir(policy, tiny_dir, tokenizer):
 def test_rm_cancel(rm, tokenizer, accelerator):
     with pytest.raises(Cancelled):
         train_reward_model(rm, tokenizer, marker_rankings(4, 0), [], RMConfig(), accelerator, None, lambda: True)
+
+
+def test_reward_fn_scores_without_freezing_the_model(rm, tokenizer):
+    import copy
+
+    from trainer.stages.reward import reward_fn_from_model
+
+    reward_fn = reward_fn_from_model(rm, tokenizer)
+    prompt = build_chat_prompt(tokenizer, "Hi", None)
+    out = reward_fn([prompt, prompt], ["hello", "hello there"])
+    assert out.shape == (2,) and torch.allclose(out, score(rm, tokenizer, [prompt, prompt], ["hello", "hello there"]))
+    value = copy.deepcopy(rm)  # the PPO value model is a copy of the RM: it must stay trainable
+    assert all(p.requires_grad for p in value.parameters())

@@ -241,6 +241,8 @@ def train_ppo(
     maybe_gradient_checkpointing(policy, accelerator)
     maybe_gradient_checkpointing(value_model, accelerator)
 
+    if not any(p.requires_grad for p in value_model.parameters()):
+        logger.warning("the value model has no trainable parameter: its values stay those of the initial RM")
     wrapper = PolicyAndValue(policy, value_model)
     groups = [
         {"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.lr},

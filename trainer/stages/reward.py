@@ -520,9 +520,12 @@ def score(
 def reward_fn_from_model(
     rm: RewardModel, tokenizer, batch_size: int = 16, max_length: int = 1024
 ) -> Callable[[list[str], list[str]], torch.Tensor]:
-    """A PPO/evaluation ``reward_fn(prompt_texts, response_texts) -> Tensor`` over a frozen RM."""
-    rm.eval()
-    rm.requires_grad_(False)
+    """A PPO/evaluation ``reward_fn(prompt_texts, response_texts) -> Tensor`` over an RM.
+
+    Scoring runs under ``torch.no_grad`` in eval mode; ``rm``'s ``requires_grad`` flags are
+    left alone, so a ``copy.deepcopy(rm)`` taken before or after stays trainable as PPO's
+    value model.
+    """
 
     def reward_fn(prompts: list[str], responses: list[str]) -> torch.Tensor:
         return score(rm, tokenizer, prompts, responses, batch_size=batch_size, max_length=max_length)
