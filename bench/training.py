@@ -46,24 +46,7 @@ TRL112_DIR = REPO_ROOT / ".bench-trl112"
 SECTION = "Training"
 STAGE_NAMES = {"sft": "SFT", "rm": "RM", "ppo": "PPO"}
 
-PROMPTS = [
-    "Write a haiku about autumn leaves.",
-    "Explain what a reward model is in two sentences.",
-    "Give three tips for staying focused while studying.",
-    "What is the capital of Australia?",
-    "Summarise the plot of Romeo and Juliet in one paragraph.",
-    "Write a Python function that reverses a string.",
-    "Why is the sky blue?",
-    "Suggest a name for a bakery that sells only croissants.",
-    "How do I boil an egg so the yolk stays soft?",
-    "Translate 'good morning, how are you?' into French.",
-    "List four planets of the solar system.",
-    "Write a short, polite email declining a meeting invitation.",
-    "What are the benefits of regular exercise?",
-    "Describe the colour green to someone who cannot see.",
-    "Tell me a fun fact about octopuses.",
-    "Explain recursion to a ten-year-old.",
-]
+from bench.prompts import PROMPTS  # noqa: E402
 WORDS = (
     "the a model answer reward human ranking policy sample token sky blue green sea poem "
     "leaf autumn quick brown fox jumps over lazy dog because light scatters water egg yolk "
