@@ -187,7 +187,7 @@ def best_of(repeats: int, fn):
 
 def bench_sft(model_dir: Path, size: Size, tmp: Path) -> list[Row]:
     import torch
-    from accelerate import Accelerator
+    from trainer.stages.common import make_accelerator
 
     from trainer.stages.sft import SFTConfig, encode_sft_example, train_sft
 
@@ -200,7 +200,7 @@ def bench_sft(model_dir: Path, size: Size, tmp: Path) -> list[Row]:
         model = load_lm(model_dir)
         cfg = SFTConfig(lr=1e-5, epochs=1, batch_size=size.sft_batch, max_length=size.max_length, warmup_ratio=0.0)
         t0 = time.perf_counter()
-        m = train_sft(model, tok, demos, [], cfg, accelerator=Accelerator(cpu=True))
+        m = train_sft(model, tok, demos, [], cfg, accelerator=make_accelerator("cpu"))
         return time.perf_counter() - t0, m["train_loss"]
 
     def trl():
@@ -259,7 +259,7 @@ def bench_sft(model_dir: Path, size: Size, tmp: Path) -> list[Row]:
 
 def bench_rm(model_dir: Path, size: Size, tmp: Path) -> list[Row]:
     import torch
-    from accelerate import Accelerator
+    from trainer.stages.common import make_accelerator
 
     from trainer.stages.reward import RewardModel, RMConfig, pairs_from_ranking, train_reward_model
 
@@ -281,7 +281,7 @@ def bench_rm(model_dir: Path, size: Size, tmp: Path) -> list[Row]:
                 warmup_ratio=0.0,
             )
             t0 = time.perf_counter()
-            m = train_reward_model(rm, tok, rankings, [], cfg, accelerator=Accelerator(cpu=True))
+            m = train_reward_model(rm, tok, rankings, [], cfg, accelerator=make_accelerator("cpu"))
             return time.perf_counter() - t0, m["forward_rows"]
 
         return run
@@ -357,7 +357,7 @@ def ppo_prompts(size: Size) -> list[str]:
 
 def bench_ppo_ours(model_dir: Path, size: Size) -> Row:
     import torch
-    from accelerate import Accelerator
+    from trainer.stages.common import make_accelerator
 
     from trainer.stages.ppo import PPOConfig, train_ppo
     from trainer.stages.reward import RewardModel, reward_fn_from_model
@@ -389,7 +389,7 @@ def bench_ppo_ours(model_dir: Path, size: Size) -> Row:
             tok,
             ppo_prompts(size),
             cfg,
-            accelerator=Accelerator(cpu=True),
+            accelerator=make_accelerator("cpu"),
         )
         return time.perf_counter() - t0, m["response_length"]
 

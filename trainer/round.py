@@ -760,11 +760,9 @@ def _lost(control: RunControl) -> RoundResult:
 
 
 def _accelerator(device: Any) -> Any:
-    from accelerate import Accelerator
+    from trainer.stages.common import make_accelerator
 
-    if device.type == "cuda":
-        return Accelerator(mixed_precision="bf16")
-    return Accelerator(cpu=True, mixed_precision="no")
+    return make_accelerator(device.type)
 
 
 def _describe_device(device: Any) -> str:

@@ -46,9 +46,9 @@ def policy(tiny_dir):
 
 @pytest.fixture()
 def accelerator():
-    from accelerate import Accelerator
+    from trainer.stages.common import make_accelerator
 
-    return Accelerator(cpu=True)
+    return make_accelerator("cpu")
 
 
 class StepLog:

@@ -202,12 +202,34 @@ def forward_kwargs_supported(model: nn.Module) -> set[str]:
 
 
 def get_accelerator(accelerator=None):
-    """The caller's Accelerator, or a new one (bf16 mixed precision on CUDA, none on CPU)."""
+    """The caller's Accelerator, or a new one for this machine (see ``make_accelerator``)."""
     if accelerator is not None:
         return accelerator
-    from accelerate import Accelerator
+    return make_accelerator("cuda" if torch.cuda.is_available() else "cpu")
 
-    return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+
+def make_accelerator(device_type: str):
+    """An Accelerator for ``device_type``: bf16 mixed precision on CUDA, none on CPU.
+
+    accelerate keeps one process-wide ``AcceleratorState`` and refuses a second Accelerator
+    with other settings. Another library in the same process (transformers' Trainer, TRL's
+    trainers, which default to bf16) may have set it up differently, so a state that does not
+    match is reset before ours is built. A worker runs one round at a time, so no live
+    Accelerator is affected.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    cuda = device_type == "cuda"
+    mixed_precision = "bf16" if cuda else "no"
+    state = AcceleratorState._shared_state
+    if state:
+        current_device = getattr(state.get("device"), "type", None)
+        if state.get("_mixed_precision") != mixed_precision or current_device != device_type:
+            AcceleratorState._reset_state(reset_partial_state=True)
+    if cuda:
+        return Accelerator(mixed_precision=mixed_precision)
+    return Accelerator(cpu=True, mixed_precision=mixed_precision)
 
 
 def maybe_gradient_checkpointing(model: nn.Module, accelerator) -> None:
