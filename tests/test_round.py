@@ -259,6 +259,42 @@ def test_without_demonstrations_the_reward_bias_is_set_on_policy_samples(setting
         assert rm.version == 1 and rm.artifact_path == "reward_models/v1"
 
 
+def test_the_next_round_fine_tunes_only_on_demonstrations_its_lineage_has_not_seen(settings, database, tiny_base) -> None:
+    s = fast_settings(settings)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    set_id = labeled_set(database, v0.id, rankings=0, demonstrations=3)
+    first = create_run(database, [set_id], stages=["sft"], deploy=True)
+    TrainerWorker(s, database, sampler=False).run_once()
+    assert run_state(database, first).status == "succeeded"
+
+    # v1 (deployed) was fine-tuned on all three: a second SFT round has nothing new to learn.
+    second = create_run(database, [set_id], stages=["sft"], deploy=True)
+    TrainerWorker(s, database, sampler=False).run_once()
+    run = run_state(database, second)
+    assert run.status == "succeeded" and run.policy_id is None
+    assert run.metrics["skipped"]["sft"] == (
+        "no new demonstrations: v1 was already fine-tuned on all 3 in the snapshot (sft_demonstrations=new)"
+    )
+
+    # One new demonstration: only that one is trained on.
+    with database.session() as db:
+        prompt = db.scalars(select(Prompt).where(Prompt.prompt_set_id == set_id, Prompt.split == "train")).first()
+        labeler = db.scalars(select(User)).first()
+        add_demonstration(db, prompt, labeler, "a fresh demonstration")
+    third = create_run(database, [set_id], stages=["sft"], deploy=True)
+    TrainerWorker(s, database, sampler=False).run_once()
+    assert run_state(database, third).status == "succeeded"
+    assert "sft: 1 demonstrations (0 validation), 1 steps; 3 already trained on by this lineage left out" in logs_of(
+        database, third
+    )
+
+    # sft_demonstrations=all trains on every one again.
+    fourth = create_run(database, [set_id], stages=["sft"], config={**TINY_CONFIG, "sft_demonstrations": "all"})
+    TrainerWorker(s, database, sampler=False).run_once()
+    assert run_state(database, fourth).status == "succeeded"
+    assert "sft: 4 demonstrations (0 validation)" in logs_of(database, fourth)
+
+
 def test_a_round_with_nothing_to_train_registers_nothing(settings, database, tiny_base) -> None:
     s = fast_settings(settings)
     v0 = bootstrap_v0(s, database, tiny_base)

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Demonstration, Prompt, Ranking
+from app.models import Completion, Demonstration, Policy, Prompt, Ranking, TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class RoundData:
     train_prompts: list[tuple[str | None, list[dict[str, str]] | None]] = field(default_factory=list)
     eval_prompts: list[tuple[str | None, list[dict[str, str]] | None]] = field(default_factory=list)
     rankings_without_pairs: int = 0
+    demonstrations_already_trained: int = 0
 
     @property
     def demonstrations(self) -> list[Any]:
@@ -122,10 +123,32 @@ def _holdout(item_id: int, fraction: float) -> bool:
     return int(digest[:8], 16) / 0x1_0000_0000 < fraction
 
 
+def demonstrations_trained_by(db: Session, policy: Policy) -> set[int]:
+    """Ids of the demonstrations SFT already trained on in ``policy``'s lineage.
+
+    Walks from ``policy`` up its parents; every policy registered by a round whose SFT stage
+    ran (``"sft"`` in its ``metrics["stages"]``) contributes its run's snapshot of
+    demonstrations. A round that starts from ``policy`` and trains on these again would
+    fine-tune on the same answers once more each round.
+    """
+    seen: set[int] = set()
+    visited: set[int] = set()
+    current: Policy | None = policy
+    while current is not None and current.id not in visited:
+        visited.add(current.id)
+        if "sft" in ((current.metrics or {}).get("stages") or []) and current.training_run_id is not None:
+            run = db.get(TrainingRun, current.training_run_id)
+            if run is not None:
+                seen.update(int(i) for i in ((run.snapshot or {}).get("ids") or {}).get("demonstrations", []))
+        current = db.get(Policy, current.parent_id) if current.parent_id is not None else None
+    return seen
+
+
 def load_round_data(
     db: Session,
     snapshot: dict[str, Any],
     *,
+    exclude_demonstrations: set[int] | frozenset[int] = frozenset(),
     rm_holdout_fraction: float = 0.1,
     rm_unacceptable: str = "keep",
     max_train_prompts: int | None = None,
@@ -136,7 +159,9 @@ def load_round_data(
     Rankings and demonstrations of validation-split prompts are the held-out sets; when no
     ranking is on a validation prompt, a deterministic ``rm_holdout_fraction`` of the train
     rankings is held out instead (when there are at least five), so the RM always reports a
-    held-out accuracy when it can.
+    held-out accuracy when it can. Demonstrations in ``exclude_demonstrations`` (already
+    trained on, see :func:`demonstrations_trained_by`) are left out of the SFT examples and
+    counted in ``demonstrations_already_trained``.
     """
     from trainer.stages import RankingExample, SFTExample, pairs_from_ranking
 
@@ -163,6 +188,9 @@ def load_round_data(
     prompts = _prompts_by_id(db, prompt_ids)
 
     for demo in demos:
+        if demo.id in exclude_demonstrations:
+            data.demonstrations_already_trained += 1
+            continue
         prompt = prompts[demo.prompt_id]
         example = SFTExample(prompt=prompt.text, messages=prompt.messages, completion=demo.text)
         (data.sft_val if prompt.split == "validation" else data.sft_train).append(example)

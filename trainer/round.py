@@ -10,7 +10,10 @@ worker's heartbeat thread sets (cancel requested, lease lost, worker shutting do
 1. **Snapshot.** The ids of the active rankings and demonstrations of the round's sets
    created before the run started are fixed (trainer/data.py); a retry reuses them.
 2. **SFT** on the demonstrations, starting from the deployed policy (skipped, with the
-   reason, when there are fewer than ``sft_min_demonstrations``).
+   reason, when there are fewer than ``sft_min_demonstrations``). By default
+   (``sft_demonstrations: new``) only demonstrations that the deployed policy's lineage
+   has not been fine-tuned on yet: retraining every round on the same answers piles up
+   epochs and drifts the policy away from v0.
 3. **RM** from the SFT model (else the deployed policy) with a scalar head, on K-way
    rankings; held-out accuracy; the bias is set so demonstrations (else policy samples)
    score mean 0; saved to ``reward_models/vN`` and registered. Skipped with the reason
@@ -52,7 +55,7 @@ from app.services import policies, training, workers
 from app.services.errors import Conflict
 from app.services.workers import Lease
 from trainer import artifacts, faults
-from trainer.data import RoundData, load_round_data, take_snapshot
+from trainer.data import RoundData, demonstrations_trained_by, load_round_data, take_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -264,9 +267,13 @@ class _Round:
             f"(sha256 {snapshot['sha256'][:12]})"
         )
         with self.database.session() as db:
+            already: set[int] = set()
+            if "sft" in stages and config["sft_demonstrations"] == "new":
+                already = demonstrations_trained_by(db, db.get(Policy, base.id))
             data = load_round_data(
                 db,
                 snapshot,
+                exclude_demonstrations=already,
                 rm_holdout_fraction=float(config["rm_holdout_fraction"]),
                 rm_unacceptable=str(config["rm_unacceptable"]),
             )
@@ -288,11 +295,16 @@ class _Round:
             self.enter("sft")
             if len(data.sft_train) < int(config["sft_min_demonstrations"]):
                 have = len(data.sft_train)
-                self.skip(
-                    "sft",
-                    "no demonstrations in the snapshot" if have == 0
-                    else f"{have} demonstration(s), fewer than sft_min_demonstrations={config['sft_min_demonstrations']}",
-                )
+                if have == 0 and data.demonstrations_already_trained:
+                    reason = (
+                        f"no new demonstrations: v{base.version} was already fine-tuned on all "
+                        f"{data.demonstrations_already_trained} in the snapshot (sft_demonstrations=new)"
+                    )
+                elif have == 0:
+                    reason = "no demonstrations in the snapshot"
+                else:
+                    reason = f"{have} demonstration(s), fewer than sft_min_demonstrations={config['sft_min_demonstrations']}"
+                self.skip("sft", reason)
             else:
                 model = self._sft(model, data, config)
                 policy_changed = True
@@ -375,6 +387,10 @@ class _Round:
         total = math.ceil(len(data.sft_train) / cfg.batch_size) * cfg.epochs
         self.control.log(
             f"sft: {len(data.sft_train)} demonstrations ({len(data.sft_val)} validation), {total} steps"
+            + (
+                f"; {data.demonstrations_already_trained} already trained on by this lineage left out"
+                if data.demonstrations_already_trained else ""
+            )
         )
         metrics = train_sft(
             model,

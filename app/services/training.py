@@ -55,6 +55,9 @@ ROUND_CONFIG: dict[str, ConfigKey] = {
         _k("sft_batch_size", 8, "demonstrations per optimizer step", minimum=1, maximum=4096),
         _k("sft_max_length", 512, "tokens per prompt + demonstration", minimum=16, maximum=32768),
         _k("sft_min_demonstrations", 1, "fewer demonstrations than this skip SFT", minimum=1),
+        _k("sft_demonstrations", "new",
+           "new: only demonstrations the starting policy's lineage has not been fine-tuned on; all: every one",
+           choices=("new", "all")),
         # Reward model
         _k("rm_epochs", 1, "passes over the rankings", minimum=1, maximum=100),
         _k("rm_lr", 1e-5, "reward-model learning rate", minimum=0, maximum=1),
