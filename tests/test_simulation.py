@@ -34,12 +34,18 @@ GOOD = "The seasons come from the tilt of the Earth's axis, which changes how di
 
 
 def test_concise_rewards_a_complete_capitalised_sentence_of_moderate_length() -> None:
-    assert concise("What causes the seasons?", GOOD) == pytest.approx(1.25)
+    assert concise("What causes the seasons?", GOOD) == pytest.approx(1.25 - 0.01 * 18)  # 18 words
+
+
+def test_concise_prefers_the_shorter_of_two_otherwise_equal_answers() -> None:
+    shorter = "The seasons come from the tilt of the Earth's axis."
+    assert concise("q", shorter) == pytest.approx(1.25 - 0.01 * 10)
+    assert concise("q", shorter) > concise("q", GOOD)
 
 
 def test_concise_penalises_a_cut_off_answer() -> None:
     cut = GOOD.rstrip(".") + " and so on in the"
-    assert concise("q", cut) == pytest.approx(0.25)
+    assert concise("q", cut) == pytest.approx(0.25 - 0.01 * 23)
     assert concise("q", cut) < concise("q", GOOD)
 
 
@@ -52,14 +58,14 @@ def test_concise_penalises_repetition() -> None:
 def test_concise_penalises_length_outside_8_to_60_words() -> None:
     short = "Tilt."
     long = " ".join("w" + "".join(chr(97 + int(d)) for d in str(i)) for i in range(100)) + "."  # 100 distinct words
-    assert concise("q", short) == pytest.approx(1.25 - (8 - 1) / 8)
-    assert concise("q", long) == pytest.approx(1.0 - (100 - 60) / 40)
+    assert concise("q", short) == pytest.approx(1.25 - 0.01 - (8 - 1) / 8)
+    assert concise("q", long) == pytest.approx(1.0 - 0.01 * 100 - (100 - 60) / 40)
     assert concise("q", "   ") == -2.0
 
 
 def test_concise_counts_a_closing_code_fence_as_an_ending() -> None:
     code = "Here it is:\n```python\ndef f(n):\n    return 1 if n < 2 else n * f(n - 1)\n```"
-    assert concise("q", code) == pytest.approx(1.25)
+    assert concise("q", code) == pytest.approx(1.25 - 0.01 * 14)
 
 
 # --- key_term ---------------------------------------------------------------------------
