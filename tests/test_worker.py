@@ -230,3 +230,16 @@ def test_sigterm_requeues_the_run_without_counting_the_attempt(settings, databas
     run = run_state(database, run_id)
     assert (run.status, run.attempts, run.worker_id) == ("queued", 0, None), log_path.read_text()[-2000:]
     assert "requeued: the worker was stopped" in logs_of(database, run_id)
+
+
+def test_the_worker_applies_rlhf_torch_threads(settings, database) -> None:
+    import torch
+
+    from trainer.worker import TrainerWorker
+
+    before = torch.get_num_threads()
+    try:
+        TrainerWorker(settings.model_copy(update={"torch_threads": 1}), database, sampler=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

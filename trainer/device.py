@@ -17,3 +17,14 @@ def pick_dtype(device: torch.device | str) -> torch.dtype:
     if torch.device(device).type == "cuda":
         return torch.bfloat16
     return torch.float32
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Use ``threads`` intra-op CPU threads (``RLHF_TORCH_THREADS``); None keeps torch's default.
+
+    torch starts one thread per core. On a machine whose cores the web server, the database
+    and other jobs share, fewer threads are often faster: threads of one op wait for each
+    other whenever a core is taken (see docs/benchmarks.md, Sampling).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)

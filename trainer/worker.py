@@ -56,6 +56,10 @@ class TrainerWorker:
         sampler_obj: Sampler | None = None,
     ) -> None:
         self.settings = settings
+        if settings.torch_threads is not None:
+            from trainer.device import set_torch_threads
+
+            set_torch_threads(settings.torch_threads)
         self.database = database or Database(settings.resolved_database_url)
         self._owns_database = database is None
         self.do_sampling = sampler
