@@ -288,6 +288,49 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[i
     return f
 
 
+def prepare_supervised(
+    accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    *,
+    grad_accum: int,
+    epochs: int,
+    warmup_ratio: float,
+    schedule: str,
+) -> tuple[Any, Any, Any, torch.optim.lr_scheduler.LambdaLR]:
+    """``accelerator.prepare`` the model, optimizer and loader of a supervised stage (SFT,
+    RM) and build its learning-rate schedule over the optimizer steps of all epochs.
+
+    The scheduler is not prepared: it is stepped by hand only when the optimizer really
+    steps (after ``grad_accum`` micro-batches), with no per-process scaling.
+    """
+    accelerator.gradient_accumulation_steps = grad_accum
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total_steps = max(1, math.ceil(len(loader) / grad_accum) * epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        lr_lambda(total_steps, int(warmup_ratio * total_steps), schedule),
+    )
+    return model, optimizer, loader, scheduler
+
+
+def backward_and_step(
+    accelerator, model: nn.Module, optimizer: Any, loss: torch.Tensor, max_grad_norm: float | None
+) -> float | None:
+    """Backward, clip (on a syncing step) and step; call inside ``accelerator.accumulate``.
+
+    Returns the gradient norm before clipping, or None on a step that only accumulates.
+    """
+    accelerator.backward(loss)
+    grad_norm = None
+    if accelerator.sync_gradients and max_grad_norm:
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def shard(items: Sequence[Any], accelerator) -> list[Any]:
     """This process's share of ``items`` (round-robin), for exact distributed evaluation."""
     return list(items[accelerator.process_index :: accelerator.num_processes])

@@ -46,17 +46,18 @@ from .common import (
     PromptLike,
     StepCallback,
     atomic_dir,
+    backward_and_step,
     check_cancel,
     emit,
     encode_prompt_response,
     get_accelerator,
-    lr_lambda,
     make_adamw,
     maybe_gradient_checkpointing,
     model_device,
     pad_right,
     pad_token_id,
     position_ids_from_mask,
+    prepare_supervised,
     prompt_text,
     seed_everything,
     set_dropout_off,
@@ -398,12 +399,9 @@ def train_reward_model(
         weight_decay=config.weight_decay,
         betas=(0.9, 0.95),
     )
-    accelerator.gradient_accumulation_steps = config.grad_accum
-    model, optimizer, loader = accelerator.prepare(rm, optimizer, loader)
-    total_steps = max(1, math.ceil(len(loader) / config.grad_accum) * config.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.lr_schedule),
+    model, optimizer, loader, scheduler = prepare_supervised(
+        accelerator, rm, optimizer, loader, grad_accum=config.grad_accum, epochs=config.epochs,
+        warmup_ratio=config.warmup_ratio, schedule=config.lr_schedule,
     )
 
     metrics: dict[str, float] = {"rankings_skipped": float(skipped)}
@@ -425,12 +423,7 @@ def train_reward_model(
             with accelerator.accumulate(model):
                 scores = model(ids, mask)
                 loss, correct, n_pairs = ranking_loss(scores, groups)
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients and config.max_grad_norm:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm = backward_and_step(accelerator, model, optimizer, loss, config.max_grad_norm)
             rows_seen += ids.shape[0]
             pairs_seen += int(n_pairs)
             rankings_seen += len(groups)
@@ -452,7 +445,7 @@ def train_reward_model(
                     "epoch": epoch + 1,
                 }
                 if grad_norm is not None:
-                    logged["grad_norm"] = float(grad_norm)
+                    logged["grad_norm"] = grad_norm
                 emit(on_step, "reward", step, logged)
                 window.zero_()
     elapsed = time.perf_counter() - start

@@ -8,7 +8,6 @@ padding, so the model learns to answer and to stop, not to echo prompts. Dropout
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,15 +21,16 @@ from .common import (
     IGNORE_INDEX,
     Message,
     StepCallback,
+    backward_and_step,
     check_cancel,
     emit,
     encode_prompt_response,
     get_accelerator,
-    lr_lambda,
     make_adamw,
     maybe_gradient_checkpointing,
     pad_right,
     pad_token_id,
+    prepare_supervised,
     prompt_text,
     seed_everything,
     set_dropout_off,
@@ -164,13 +164,9 @@ def train_sft(
         lr=config.lr,
         betas=(0.9, 0.95),
     )
-    accelerator.gradient_accumulation_steps = config.grad_accum
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    total_steps = max(1, math.ceil(len(loader) / config.grad_accum) * config.epochs)
-    # Stepped by hand only when the optimizer really steps (not prepared: no per-process scaling).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.lr_schedule),
+    model, optimizer, loader, scheduler = prepare_supervised(
+        accelerator, model, optimizer, loader, grad_accum=config.grad_accum, epochs=config.epochs,
+        warmup_ratio=config.warmup_ratio, schedule=config.lr_schedule,
     )
 
     metrics: dict[str, float] = {}
@@ -191,12 +187,7 @@ def train_sft(
             check_cancel(should_stop)
             with accelerator.accumulate(model):
                 loss, n_tok = completion_loss(model, batch)
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients and config.max_grad_norm:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm = backward_and_step(accelerator, model, optimizer, loss, config.max_grad_norm)
             seen_tokens += int(batch["attention_mask"].sum())
             supervised_tokens += int(n_tok)
             pair = torch.stack([loss.detach().double() * n_tok.double(), n_tok.double()])
@@ -212,7 +203,7 @@ def train_sft(
                     "epoch": epoch + 1,
                 }
                 if grad_norm is not None:
-                    logged["grad_norm"] = float(grad_norm)
+                    logged["grad_norm"] = grad_norm
                 emit(on_step, "sft", step, logged)
                 window.zero_()
     elapsed = time.perf_counter() - start
