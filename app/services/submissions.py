@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -26,6 +26,8 @@ from app.models import FLAGS, Demonstration, Ranking, Task, User
 from app.models.base import utcnow
 from app.services.errors import Conflict, Invalid
 from app.services.tasks import lease_is_live, own_task, relet_expired
+
+SubmissionT = TypeVar("SubmissionT", Ranking, Demonstration)
 
 LIKERT_MIN, LIKERT_MAX = 1, 7
 MAX_COMMENT_CHARS = 5000
@@ -130,6 +132,46 @@ def undo_deadline(created_at: datetime, window_minutes: float) -> datetime:
     return created_at + timedelta(minutes=window_minutes)
 
 
+def _store(
+    db: Session,
+    task: Task,
+    model: type[SubmissionT],
+    what: str,
+    payload_hash: str,
+    now: datetime,
+    **fields: Any,
+) -> tuple[SubmissionT, bool]:
+    """Store a task's submission once: the identical payload again returns the stored row
+    (``created`` False, so a client retry is idempotent), a different one is a conflict.
+
+    The task must still be open (see :func:`_check_open`). A row left behind by a requeue
+    that was undone elsewhere is replaced.
+    """
+    existing = db.scalar(select(model).where(model.task_id == task.id))
+    if existing is not None and task.status == "submitted":
+        if existing.payload_hash == payload_hash:
+            return existing, False
+        raise Conflict(f"task {task.id} already has a different {what}; undo it first to change it")
+    _check_open(db, task, now)
+    if existing is not None:
+        db.delete(existing)
+        db.flush()
+    row = model(
+        task_id=task.id,
+        prompt_id=task.prompt_id,
+        labeler_id=task.labeler_id,
+        payload_hash=payload_hash,
+        status="active",
+        created_at=now,
+        **fields,
+    )
+    db.add(row)
+    task.status = "submitted"
+    task.submitted_at = now
+    db.flush()
+    return row, True
+
+
 # --- rankings -----------------------------------------------------------------------
 
 
@@ -163,35 +205,19 @@ def submit_ranking(
     payload_hash = _hash(
         {"ranking": groups, "ratings": clean_ratings, "all_unacceptable": bool(all_unacceptable), "comment": comment}
     )
-    existing = db.scalar(select(Ranking).where(Ranking.task_id == task.id))
-    if existing is not None and task.status == "submitted":
-        if existing.payload_hash == payload_hash:
-            return existing, False
-        raise Conflict(
-            f"task {task.id} already has a different ranking; undo it first to change it"
-        )
-    _check_open(db, task, now)
-    if existing is not None:  # a leftover of a requeue that was undone elsewhere: replace it
-        db.delete(existing)
-        db.flush()
-    row = Ranking(
-        task_id=task.id,
-        prompt_id=task.prompt_id,
-        labeler_id=user.id,
+    return _store(
+        db,
+        task,
+        Ranking,
+        "ranking",
+        payload_hash,
+        now,
         ranking=groups,
         ratings=clean_ratings,
         all_unacceptable=bool(all_unacceptable),
         comment=comment,
         time_spent_s=spent,
-        payload_hash=payload_hash,
-        status="active",
-        created_at=now,
     )
-    db.add(row)
-    task.status = "submitted"
-    task.submitted_at = now
-    db.flush()
-    return row, True
 
 
 # --- demonstrations -----------------------------------------------------------------
@@ -218,30 +244,7 @@ def submit_demonstration(
         raise Invalid(f"the demonstration is too long ({len(body)} characters; at most {max_chars})")
     spent = _time_spent(time_spent_s)
     payload_hash = _hash({"text": body})
-    existing = db.scalar(select(Demonstration).where(Demonstration.task_id == task.id))
-    if existing is not None and task.status == "submitted":
-        if existing.payload_hash == payload_hash:
-            return existing, False
-        raise Conflict(f"task {task.id} already has a different demonstration; undo it first to change it")
-    _check_open(db, task, now)
-    if existing is not None:
-        db.delete(existing)
-        db.flush()
-    row = Demonstration(
-        task_id=task.id,
-        prompt_id=task.prompt_id,
-        labeler_id=user.id,
-        text=body,
-        time_spent_s=spent,
-        payload_hash=payload_hash,
-        status="active",
-        created_at=now,
-    )
-    db.add(row)
-    task.status = "submitted"
-    task.submitted_at = now
-    db.flush()
-    return row, True
+    return _store(db, task, Demonstration, "demonstration", payload_hash, now, text=body, time_spent_s=spent)
 
 
 # --- skip ---------------------------------------------------------------------------
