@@ -4,7 +4,7 @@ What the reference is: best-first groups of completion ids, the same shape as a 
 ranking, over completions of that prompt. Completions are never deleted (a redeploy only
 marks them retired), so the ids keep pointing at the same texts across policy versions.
 A gold task therefore always shows exactly the gold completions (the task service's
-``choose_completions``), whatever policy is deployed, so the labeler's ranking and the
+``served_completions``), whatever policy is deployed, so the labeler's ranking and the
 reference cover the same texts and accuracy is a plain pairwise comparison
 (:func:`app.services.stats.gold_agreement`). Gold prompts are mixed into queues at
 ``settings.gold_rate`` by the task service.

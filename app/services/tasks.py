@@ -307,13 +307,6 @@ def lock_prompt(db: Session, prompt_id: int) -> Prompt:
 # --- choosing completions -----------------------------------------------------------
 
 
-def choose_completions(db: Session, prompt: Prompt, k: int) -> list[int] | None:
-    """K ready completion ids of ONE policy: the deployed one if it has K, else the newest
-    policy that has K. The oldest K of that policy, so overlapping labelers see the same."""
-    served = served_completions(db, prompt, k)
-    return None if served is None else served[1]
-
-
 def served_completions(db: Session, prompt: Prompt, k: int) -> tuple[int | None, list[int]] | None:
     """(policy id, completion ids) a rank task on ``prompt`` shows now, or None.
 
