@@ -317,15 +317,16 @@ def prepare_supervised(
 
 def backward_and_step(
     accelerator, model: nn.Module, optimizer: Any, loss: torch.Tensor, max_grad_norm: float | None
-) -> float | None:
+) -> torch.Tensor | None:
     """Backward, clip (on a syncing step) and step; call inside ``accelerator.accumulate``.
 
-    Returns the gradient norm before clipping, or None on a step that only accumulates.
+    Returns the gradient norm before clipping (a tensor: reading it syncs the device, so
+    only callers that log it should), or None when nothing was clipped.
     """
     accelerator.backward(loss)
     grad_norm = None
     if accelerator.sync_gradients and max_grad_norm:
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm

@@ -37,6 +37,7 @@ from .common import (
     PromptLike,
     Samples,
     StepCallback,
+    backward_and_step,
     check_cancel,
     emit,
     entropy_from_logits,
@@ -370,11 +371,7 @@ def train_ppo(
                         loss = pg_loss + config.vf_coef * vf_loss
                         if ptx_loss is not None:
                             loss = loss + config.ptx_coef * ptx_loss
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and config.max_grad_norm:
-                            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
+                        backward_and_step(accelerator, model, optimizer, loss, config.max_grad_norm)
                     with torch.no_grad():
                         stats["policy_loss"].append(float(pg_loss))
                         stats["value_loss"].append(float(vf_loss))

@@ -445,7 +445,7 @@ def train_reward_model(
                     "epoch": epoch + 1,
                 }
                 if grad_norm is not None:
-                    logged["grad_norm"] = grad_norm
+                    logged["grad_norm"] = float(grad_norm)
                 emit(on_step, "reward", step, logged)
                 window.zero_()
     elapsed = time.perf_counter() - start

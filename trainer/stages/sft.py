@@ -203,7 +203,7 @@ def train_sft(
                     "epoch": epoch + 1,
                 }
                 if grad_norm is not None:
-                    logged["grad_norm"] = grad_norm
+                    logged["grad_norm"] = float(grad_norm)
                 emit(on_step, "sft", step, logged)
                 window.zero_()
     elapsed = time.perf_counter() - start
