@@ -241,6 +241,7 @@ class _Round:
 
         from trainer.device import pick_device
         from trainer.policy_io import load_policy
+        from trainer.stages.common import make_accelerator
 
         with self.database.session() as db:
             run = db.get(TrainingRun, self.run_id)
@@ -284,7 +285,7 @@ class _Round:
 
         device = pick_device()
         self.device = device
-        self.accelerator = _accelerator(device)
+        self.accelerator = make_accelerator(device.type)
         self.control.log(f"training on {_describe_device(device)} from policy v{base.version} ({base_dir.name})")
         model, tokenizer = load_policy(base_dir, device=device, dtype=torch.float32)
         self.tokenizer = tokenizer
@@ -773,12 +774,6 @@ def _lost(control: RunControl) -> RoundResult:
 
 
 # ------------------------------------------------------------------------------ utils
-
-
-def _accelerator(device: Any) -> Any:
-    from trainer.stages.common import make_accelerator
-
-    return make_accelerator(device.type)
 
 
 def _describe_device(device: Any) -> str:
