@@ -7,6 +7,7 @@ tests/test_worker.py.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import timedelta
@@ -27,10 +28,26 @@ from trainer.policy_io import validate_policy_dir
 from trainer.tiny import build_tiny_policy
 from trainer.worker import TrainerWorker
 
-#: A round config small enough for the tiny model to finish in seconds on a CPU.
+#: A round config small enough for the tiny model to finish in seconds on a CPU. The
+#: defaults are for SmolLM2 on a day's data; here every size is fixed and small, and the
+#: gates are opened (a random tiny model learns nothing a gate would accept), except in
+#: the tests of the gates themselves.
+OPEN_GATES = {
+    "rm_gate_min_accuracy": 0.0,
+    "deploy_min_score_delta": -1e9,
+    "deploy_min_win_rate": 0.0,
+    "deploy_max_kl": 1e9,
+}
 TINY_CONFIG = {
+    **OPEN_GATES,
     "sft_batch_size": 4,
+    "sft_epochs": 1,
+    "sft_min_steps": 0,
+    "sft_min_demonstrations": 1,
     "sft_max_length": 96,
+    "rm_epochs": 1,
+    "rm_min_steps": 0,
+    "rm_min_rankings": 2,
     "rm_rankings_per_batch": 4,
     "rm_max_length": 96,
     "rm_normalize_examples": 8,
@@ -40,6 +57,7 @@ TINY_CONFIG = {
     "ppo_epochs": 1,
     "ppo_max_new_tokens": 8,
     "eval_prompts": 3,
+    "eval_samples_per_prompt": 1,
     "eval_max_new_tokens": 8,
 }
 
@@ -231,10 +249,10 @@ def test_round_without_rankings_skips_rm_and_ppo_and_says_why(settings, database
     assert run.status == "succeeded", run.error
     assert run.metrics["skipped"] == {
         "rm": "no rankings in the snapshot",
-        "ppo": "no reward model (the RM stage was skipped: no rankings in the snapshot)",
+        "ppo": "no usable reward model (no rankings in the snapshot)",
     }
     log = logs_of(database, run_id)
-    assert "rm skipped: no rankings in the snapshot" in log and "ppo skipped: no reward model" in log
+    assert "rm skipped: no rankings in the snapshot" in log and "ppo skipped: no usable reward model" in log
     with database.session() as db:
         v1 = db.get(Policy, run.policy_id)
         assert v1 is not None and v1.version == 1 and v1.metrics["stages"] == ["sft"]
@@ -284,7 +302,7 @@ def test_the_next_round_fine_tunes_only_on_demonstrations_its_lineage_has_not_se
     third = create_run(database, [set_id], stages=["sft"], deploy=True)
     TrainerWorker(s, database, sampler=False).run_once()
     assert run_state(database, third).status == "succeeded"
-    assert "sft: 1 demonstrations (0 validation), 1 steps; 3 already trained on by this lineage left out" in logs_of(
+    assert "sft: 1 demonstrations (0 validation), 1 epochs, 1 steps; 3 already trained on by this lineage left out" in logs_of(
         database, third
     )
 
@@ -388,7 +406,9 @@ def test_rlhf_train_round_wait_follows_the_run_to_its_end(settings, database, db
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_DATABASE_URL": db_url, "RLHF_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "120"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "train", "round", "--set", "cli-set", "--stages", "sft",
-         "--config", '{"sft_batch_size": 2, "sft_max_length": 64, "eval_prompts": 2, "eval_max_new_tokens": 4}', "--wait"],
+         "--config", json.dumps({"sft_batch_size": 2, "sft_max_length": 64, "sft_min_demonstrations": 1, "sft_epochs": 1,
+                                 "sft_min_steps": 0, "eval_prompts": 2, "eval_samples_per_prompt": 1,
+                                 "eval_max_new_tokens": 4, **OPEN_GATES}), "--wait"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

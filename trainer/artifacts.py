@@ -11,7 +11,9 @@ This module imports no torch, so the web tier and the CLI can use it.
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from pathlib import Path
 
 POLICIES = "policies"
@@ -60,3 +62,34 @@ def next_free_version(artifacts_dir: Path, kind: str, registered_max: int | None
     (``first`` when there is none: policies start at v0, reward models at v1)."""
     candidates = [v for v in (registered_max, *versions_on_disk(artifacts_dir, kind)) if v is not None]
     return max(max(candidates) + 1, first) if candidates else first
+
+
+def publish(artifacts_dir: Path, kind: str, staging: Path, registered_max: int | None, first: int = 0) -> int:
+    """Rename a complete ``staging`` directory to the first free ``<kind>/vN``; returns N.
+
+    The one place versions are numbered, for policies and reward models alike: one past
+    the largest registered or on-disk version, and on past any directory that appears
+    meanwhile (another worker). The rename is atomic, so ``vN`` is absent or complete.
+    """
+    root = Path(artifacts_dir)
+    (root / kind).mkdir(parents=True, exist_ok=True)
+    start = next_free_version(root, kind, registered_max, first)
+    for version in range(start, start + 100):
+        dest = root / kind / f"v{version}"
+        if dest.exists():
+            continue
+        try:
+            os.rename(staging, dest)
+        except OSError:
+            if dest.exists():
+                continue
+            raise
+        return version
+    raise RuntimeError(f"could not find a free {kind} version directory from v{start}")
+
+
+def staging_dir(artifacts_dir: Path, kind: str, label: str) -> Path:
+    """A fresh, not yet existing path beside ``<kind>/vN`` to write an artifact into."""
+    base = Path(artifacts_dir) / kind
+    base.mkdir(parents=True, exist_ok=True)
+    return base / f".staging-{label}-{uuid.uuid4().hex[:8]}"

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Demonstration, Policy, Prompt, Ranking, TrainingRun
+from app.models import DEFAULT_SAMPLING, Completion, Demonstration, Policy, Prompt, PromptSet, Ranking, TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,16 @@ def take_snapshot(db: Session, prompt_set_ids: list[int], cutoff: datetime) -> d
         "sha256": _hash_ids(ids),
         "ids": ids,
     }
+
+
+def round_sampling(db: Session, prompt_set_ids: list[int]) -> dict[str, Any]:
+    """The sampling settings the labelers' completions were drawn with: the first set's
+    (with the defaults filled in). Rollouts and evaluation use them unless configured."""
+    for set_id in prompt_set_ids:
+        prompt_set = db.get(PromptSet, set_id)
+        if prompt_set is not None:
+            return {**DEFAULT_SAMPLING, **(prompt_set.sampling or {})}
+    return dict(DEFAULT_SAMPLING)
 
 
 def verify_snapshot(snapshot: dict[str, Any]) -> None:

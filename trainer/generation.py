@@ -35,6 +35,8 @@ from typing import Any, Literal
 
 import torch
 
+from trainer.prompting import encode_prompt, eos_token_ids, prompt_token_limit, render_prompt
+
 logger = logging.getLogger(__name__)
 
 FinishReason = Literal["eos", "length"]
@@ -124,33 +126,14 @@ class DrawJob:
     n: int
 
 
-def build_prompt_text(tokenizer: Any, request: GenRequest) -> tuple[str, bool]:
-    """Return ``(text, templated)``: the chat-templated prompt, or the raw prompt text."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = request.messages or [{"role": "user", "content": request.prompt or ""}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text, True
-    if request.messages is not None:
-        raise ValueError("request has chat messages but the tokenizer has no chat template")
-    return request.prompt or "", False
+def request_prompt_text(tokenizer: Any, request: GenRequest) -> str:
+    """The rendered prompt of a request (trainer/prompting.py, as rollouts and training)."""
+    return render_prompt(tokenizer, request.prompt if request.messages is None else None, request.messages)
 
 
-def encode_prompt(tokenizer: Any, request: GenRequest, max_prompt_tokens: int | None = None) -> tuple[int, ...]:
-    """Token ids of a request's prompt, left-truncated to ``max_prompt_tokens`` if given.
-
-    A chat template already contains any BOS it wants, so special tokens are only added
-    for raw text.
-    """
-    text, templated = build_prompt_text(tokenizer, request)
-    ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
-    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-        logger.warning(
-            "prompt %r has %d tokens; keeping the last %d", request.key, len(ids), max_prompt_tokens
-        )
-        ids = ids[-max_prompt_tokens:]
-    if not ids:
-        raise ValueError(f"prompt {request.key!r} encodes to zero tokens")
-    return tuple(ids)
+def encode_request(tokenizer: Any, request: GenRequest, max_prompt_tokens: int | None = None) -> tuple[int, ...]:
+    """Token ids of a request's prompt, left-truncated to ``max_prompt_tokens`` if given."""
+    return tuple(encode_prompt(tokenizer, request_prompt_text(tokenizer, request), max_prompt_tokens, request.key))
 
 
 def duplicate_slots(texts: Sequence[str | None]) -> list[int]:
@@ -205,7 +188,7 @@ class BaseGenerator(abc.ABC):
 
     def _generate_group(self, requests: list[GenRequest], params: SamplingParams) -> list[list[GenResult]]:
         max_prompt = self._max_prompt_tokens(params)
-        prompt_ids = [encode_prompt(self.tokenizer, r, max_prompt) for r in requests]
+        prompt_ids = [encode_request(self.tokenizer, r, max_prompt) for r in requests]
         if params.greedy:
             return self._generate_greedy(requests, prompt_ids, params)
         slots: list[list[Draw | None]] = [[None] * r.k for r in requests]
@@ -332,19 +315,10 @@ class TransformersGenerator(BaseGenerator):
 
     @staticmethod
     def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-        ids: list[int] = []
-        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        for value in ([configured] if isinstance(configured, int) else configured or []):
-            ids.append(int(value))
-        if tokenizer.eos_token_id is not None:
-            ids.append(int(tokenizer.eos_token_id))
-        if not ids:
-            raise ValueError("the policy defines no EOS token; cannot tell when to stop")
-        return sorted(set(ids))
+        return eos_token_ids(tokenizer, model)
 
     def _max_prompt_tokens(self, params: SamplingParams) -> int | None:
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        return None if limit is None else max(1, limit - params.max_new_tokens)
+        return prompt_token_limit(self.model.config, params.max_new_tokens)
 
     def _draw(self, jobs: Sequence[DrawJob], params: SamplingParams) -> list[list[Draw]]:
         # Rows of similar prompt length share batches (less padding); a job's rows stay adjacent.

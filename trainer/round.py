@@ -1,34 +1,28 @@
-"""One training round, as InstructGPT: SFT -> reward model -> PPO -> evaluate -> register.
+"""One training round, as InstructGPT: SFT -> reward model -> PPO (or DPO) -> evaluate -> register.
 
-:class:`RunControl` is the run's link to the database while it trains: it holds the
-lease (every write is conditional on it), buffers metric points into ``run_metrics``
-rows, writes log lines and progress, and answers ``should_stop()`` from the flags the
-worker's heartbeat thread sets (cancel requested, lease lost, worker shutting down).
-
-:func:`run_round` does the work:
+:meth:`_Round.run` reads as the list of its phases; each stage returns a
+:class:`StageOutcome` (ran, or skipped with the reason). The round never silently makes
+things worse:
 
 1. **Snapshot.** The ids of the active rankings and demonstrations of the round's sets
    created before the run started are fixed (trainer/data.py); a retry reuses them.
-2. **SFT** on the demonstrations, starting from the deployed policy (skipped, with the
-   reason, when there are fewer than ``sft_min_demonstrations``). By default
-   (``sft_demonstrations: new``) only demonstrations that the deployed policy's lineage
-   has not been fine-tuned on yet: retraining every round on the same answers piles up
-   epochs and drifts the policy away from v0.
-3. **RM** from the SFT model (else the deployed policy) with a scalar head, on K-way
-   rankings; held-out accuracy; the bias is set so demonstrations (else policy samples)
-   score mean 0; saved to ``reward_models/vN`` and registered. Skipped with the reason
-   when there are fewer than ``rm_min_rankings`` usable rankings.
-4. **PPO** from the SFT policy (also the KL reference) with the value model initialised
-   from the RM. Skipped when the round has no RM (a round that does not ask for the RM
-   stage uses the latest registered RM).
-5. **Evaluate** the new policy against the previous one (and v0): win rate under the RM,
-   mean scores, KL.
-6. **Promote**: the policy is written with ``save_policy_atomic`` to ``policies/vN``
-   (temp dir + rename), then registered with its parent, metrics and run id in the same
-   transaction that marks the run succeeded (and deploys it when the round asked). A
-   worker killed at any point leaves at most an unregistered directory, never a
-   registered half-written policy. When no stage changed the policy nothing is
-   registered and the run's summary says why.
+2. **SFT** on the demonstrations the starting policy's lineage has not been fine-tuned on
+   (``sft_demonstrations: new``), from the deployed policy. Skipped with the reason when
+   there are fewer than ``sft_min_demonstrations``.
+3. **RM** from the SFT model with a scalar head (or warm-started from the previous RM,
+   ``rm_init``), trained until held-out accuracy stops improving, best epoch kept; the
+   bias is set so demonstrations (else policy samples) score mean 0; saved to
+   ``reward_models/vN``. Then the **RM gate** (trainer/gates.py): PPO runs only on an RM
+   above chance on held-out rankings.
+4. **SFT selection by reward**: when SFT ran several epochs and the RM is usable, the
+   epoch whose validation samples the RM scores best is kept (InstructGPT).
+5. **PPO** from the SFT policy against the RM, with the KL reference ``ppo_kl_reference``;
+   or **DPO** on the same rankings (``stages: ["sft", "dpo"]``).
+6. **Evaluate** the new policy against its parent (and v0) under the RM, with intervals.
+7. **Promote**: the policy is written to a staging directory, published as
+   ``policies/vN`` (trainer/artifacts.py) and registered in the transaction that ends the
+   run. ``deploy: true`` deploys it only through the **deploy gate**; ``"force"`` always.
+   A worker killed at any point leaves at most an unregistered directory.
 """
 
 from __future__ import annotations
@@ -37,13 +31,9 @@ import copy
 import gc
 import logging
 import math
-import os
 import random
 import shutil
-import threading
-import time
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,131 +43,14 @@ from app.db import Database
 from app.models import Policy, TrainingRun, User
 from app.services import policies, training, workers
 from app.services.errors import Conflict
-from app.services.workers import Lease
-from trainer import artifacts, faults
-from trainer.data import RoundData, demonstrations_trained_by, load_round_data, take_snapshot
+from trainer import artifacts, faults, gates
+from trainer.config import StageConfigs, derive_ppo_iterations, stage_configs, with_sampling
+from trainer.data import RoundData, demonstrations_trained_by, load_round_data, round_sampling, take_snapshot
+from trainer.run_control import LeaseLost, RoundError, RunControl
+
+__all__ = ["LeaseLost", "RoundError", "RoundResult", "RunControl", "StageOutcome", "run_round"]
 
 logger = logging.getLogger(__name__)
-
-#: Stage names the stage functions report -> names in run_metrics / metric_series.
-STAGE_NAMES = {"sft": "sft", "reward": "rm", "rm": "rm", "ppo": "ppo", "eval": "eval"}
-
-
-class LeaseLost(Exception):
-    """The run was reaped (or reassigned) while this worker still worked on it."""
-
-
-class RoundError(Exception):
-    """A round cannot run (no deployed policy, ...); the run fails with this message."""
-
-
-class RunControl:
-    """The running round's side of the database: lease, cancel flag, progress, metrics, logs."""
-
-    def __init__(
-        self,
-        database: Database,
-        lease: Lease,
-        *,
-        stopping: threading.Event | None = None,
-        flush_s: float = 1.0,
-    ) -> None:
-        self.database = database
-        self.lease = lease
-        self.stopping = stopping or threading.Event()
-        self.flush_s = flush_s
-        self.cancel_requested = False
-        self.lost = False
-        self.done = False  # set just before the final write; heartbeats stop mattering then
-        self.stage: str | None = None
-        self.progress = 0.0
-        self._points: list[tuple[str, int, str, float]] = []
-        self._dirty = False
-        self._last_flush = time.monotonic()
-        self._lock = threading.Lock()
-
-    # -- lease ------------------------------------------------------------------------
-
-    def beat(self) -> None:
-        """Refresh the heartbeat (called by the worker's heartbeat thread)."""
-        if self.done:
-            return
-        with self.database.session() as db:
-            state = workers.heartbeat_run(db, self.lease)
-        if not state.owned and not self.done:
-            if not self.lost:
-                logger.error("run %d: lease lost (reaped or reassigned); stopping", self.lease.run_id)
-            self.lost = True
-        if state.cancel_requested and not self.cancel_requested:
-            logger.info("run %d: cancel requested", self.lease.run_id)
-            self.cancel_requested = True
-
-    def should_stop(self) -> bool:
-        return self.cancel_requested or self.lost or self.stopping.is_set()
-
-    def check(self) -> None:
-        """Raise ``Cancelled`` between steps when the run must stop."""
-        from trainer.stages import Cancelled
-
-        if self.should_stop():
-            raise Cancelled("run stopped")
-
-    # -- reporting --------------------------------------------------------------------
-
-    def log(self, message: str, level: str = "info") -> None:
-        logger.log(logging.getLevelName(level.upper()), "run %d: %s", self.lease.run_id, message)
-        try:
-            with self.database.session() as db:
-                if workers.lease_state(db, self.lease).owned:
-                    workers.add_log(db, self.lease.run_id, message, level)
-        except Exception:  # noqa: BLE001 - a log line is never worth failing the run
-            logger.exception("run %d: could not write a log line", self.lease.run_id)
-
-    def set_stage(self, stage: str, progress: float) -> None:
-        with self._lock:
-            self.stage, self.progress, self._dirty = stage, progress, True
-        self.flush()
-
-    def set_progress(self, progress: float) -> None:
-        with self._lock:
-            if progress > self.progress:
-                self.progress, self._dirty = min(progress, 1.0), True
-        self.maybe_flush()
-
-    def metric(self, stage: str, step: int, values: dict[str, float]) -> None:
-        name = STAGE_NAMES.get(stage, stage)
-        with self._lock:
-            for key, value in values.items():
-                if value is None or (isinstance(value, float) and not math.isfinite(value)):
-                    continue
-                self._points.append((name, int(step), key, float(value)))
-        self.maybe_flush()
-
-    def maybe_flush(self) -> None:
-        if time.monotonic() - self._last_flush >= self.flush_s:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write buffered metric points, progress and stage (one transaction)."""
-        with self._lock:
-            points, self._points = self._points, []
-            dirty, self._dirty = self._dirty, False
-            stage, progress = self.stage, self.progress
-        self._last_flush = time.monotonic()
-        if not points and not dirty:
-            return
-        try:
-            with self.database.session() as db:
-                if not workers.update_run(db, self.lease, stage=stage, progress=round(progress, 4)):
-                    self.lost = True
-                    db.rollback()
-                    return
-                workers.add_metrics(db, self.lease.run_id, points)
-        except Exception:  # noqa: BLE001 - keep the points for the next flush
-            logger.exception("run %d: could not write metrics; will retry", self.lease.run_id)
-            with self._lock:
-                self._points = points + self._points
-                self._dirty = True
 
 
 @dataclass
@@ -193,11 +66,40 @@ def _plan(stages: list[str]) -> dict[str, StagePlan]:
 
 
 @dataclass
+class StageOutcome:
+    """What a stage did: ran (with its metrics) or skipped (with the reason)."""
+
+    stage: str
+    ran: bool
+    reason: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def skipped(cls, stage: str, reason: str) -> StageOutcome:
+        return cls(stage, False, reason)
+
+
+@dataclass
 class RoundResult:
     status: str  # succeeded | failed | cancelled | requeued | lost
     policy_id: int | None = None
     summary: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    """The run's inputs as read at the start: config, stages, deploy mode, base policy, data."""
+
+    cfg: StageConfigs
+    stages: list[str]
+    deploy: bool
+    deploy_force: bool
+    base: Policy
+    base_dir: Path
+    data: RoundData
+    sampling: dict[str, Any]
+    created_by_id: int | None
 
 
 class _Round:
@@ -211,6 +113,7 @@ class _Round:
         self.run_id = control.lease.run_id
         self.metrics: dict[str, Any] = {}
         self.skipped: dict[str, str] = {}
+        self.gates: dict[str, Any] = {}
         self.plan: dict[str, StagePlan] = {}
         self.stage = "snapshot"
 
@@ -230,34 +133,79 @@ class _Round:
 
         return on_step
 
-    def skip(self, stage: str, reason: str) -> None:
-        self.skipped[stage] = reason
-        self.control.log(f"{stage} skipped: {reason}", "warning")
+    def record(self, outcome: StageOutcome) -> StageOutcome:
+        if outcome.ran:
+            self.metrics[outcome.stage] = outcome.metrics
+        else:
+            self.skipped[outcome.stage] = outcome.reason
+            self.control.log(f"{outcome.stage} skipped: {outcome.reason}", "warning")
+        return outcome
 
     # -- the round --------------------------------------------------------------------
 
     def run(self) -> RoundResult:
-        import torch
+        job = self._load_job()
+        model = self._load_start_policy(job)
+        epoch_states: list[Any] = []
+        policy_changed = False
+        if "sft" in job.stages:
+            self.enter("sft")
+            policy_changed |= self.record(self._sft(model, job, epoch_states)).ran
+        rm, rm_id = None, None
+        if "rm" in job.stages:
+            self.enter("rm")
+            rm, rm_id = self._reward_model(model, job)
+        else:
+            rm, rm_id = self._latest_reward_model()
+        rm_usable = rm is not None and self._rm_gate(job, rm_id, trained="rm" in job.stages)
+        if epoch_states:
+            model = self._select_sft_epoch(model, rm if rm_usable else None, epoch_states, job)
+        del epoch_states
+        if "ppo" in job.stages:
+            self.enter("ppo")
+            policy_changed |= self.record(self._ppo(model, rm if rm_usable else None, job)).ran
+        if "dpo" in job.stages:
+            self.enter("dpo")
+            policy_changed |= self.record(self._dpo(model, job)).ran
+        if not policy_changed:
+            return self._finish_without_policy(job, rm_id)
+        self.enter("evaluate")
+        evaluation = self._evaluate(model, rm, job)
+        self.control.check()
+        self.enter("promote")
+        return self._promote(model, job, evaluation, rm_id)
 
-        from trainer.device import pick_device
-        from trainer.policy_io import load_policy
-        from trainer.stages.common import make_accelerator
+    # -- inputs -----------------------------------------------------------------------
 
+    def _load_job(self) -> _Job:
         with self.database.session() as db:
             run = db.get(TrainingRun, self.run_id)
             assert run is not None
-            config = {**training.config_defaults(), **(run.config or {})}
+            cfg = stage_configs(run.config or {})
             stages = list(run.stages or [])
-            deploy = bool(run.deploy)
             base = self._base_policy(db, run)
             snapshot = run.snapshot if (run.snapshot or {}).get("ids") else None
+            reused = snapshot is not None
             if snapshot is None:
                 snapshot = take_snapshot(db, list(run.prompt_set_ids), run.started_at or run.created_at)
                 workers.update_run(db, self.lease, snapshot=snapshot)
-                reused = False
-            else:
-                reused = True
-            created_by_id = run.created_by_id
+            sampling = round_sampling(db, list(run.prompt_set_ids))
+            already: set[int] = set()
+            if "sft" in stages and cfg.sft.demonstrations == "new":
+                already = demonstrations_trained_by(db, db.get(Policy, base.id))
+            data = load_round_data(
+                db, snapshot, exclude_demonstrations=already,
+                rm_holdout_fraction=cfg.rm.holdout_fraction, rm_unacceptable=cfg.rm.unacceptable,
+            )
+            db.expunge(base)
+            job = _Job(
+                cfg=cfg, stages=stages, deploy=bool(run.deploy), deploy_force=bool(run.deploy_force), base=base,
+                base_dir=artifacts.resolve(self.settings.resolved_artifacts_dir, base.artifact_path),
+                data=data, sampling=sampling, created_by_id=run.created_by_id,
+            )
+        # Rollouts and evaluation sample as the labelers' sampler does, unless configured.
+        job.cfg.ppo = with_sampling(job.cfg.ppo, sampling)
+        job.cfg.eval = with_sampling(job.cfg.eval, sampling)
         self.plan = _plan(stages)
         self.enter("snapshot")
         counts = snapshot["counts"]
@@ -265,101 +213,27 @@ class _Round:
             f"{'reusing the snapshot of an earlier attempt' if reused else 'snapshot'}: "
             f"{counts['rankings']} rankings, {counts['demonstrations']} demonstrations, "
             f"{counts['prompts_train']} train / {counts['prompts_validation']} validation prompts "
-            f"(sha256 {snapshot['sha256'][:12]})"
+            f"(sha256 {snapshot['sha256'][:12]}); sampling as the set: temperature "
+            f"{job.cfg.ppo.temperature:g}, {job.cfg.ppo.max_new_tokens} new tokens"
         )
-        with self.database.session() as db:
-            already: set[int] = set()
-            if "sft" in stages and config["sft_demonstrations"] == "new":
-                already = demonstrations_trained_by(db, db.get(Policy, base.id))
-            data = load_round_data(
-                db,
-                snapshot,
-                exclude_demonstrations=already,
-                rm_holdout_fraction=float(config["rm_holdout_fraction"]),
-                rm_unacceptable=str(config["rm_unacceptable"]),
-            )
-        self.config = config
-        self.data = data
-        base_dir = artifacts.resolve(self.settings.resolved_artifacts_dir, base.artifact_path)
         self.control.check()
+        return job
 
-        device = pick_device()
-        self.device = device
-        self.accelerator = make_accelerator(device.type)
-        self.control.log(f"training on {_describe_device(device)} from policy v{base.version} ({base_dir.name})")
-        model, tokenizer = load_policy(base_dir, device=device, dtype=torch.float32)
+    def _load_start_policy(self, job: _Job) -> Any:
+        import torch
+
+        from trainer.device import pick_device
+        from trainer.policy_io import load_policy
+        from trainer.stages.common import make_accelerator
+
+        self.device = pick_device()
+        self.accelerator = make_accelerator(self.device.type)
+        self.control.log(
+            f"training on {_describe_device(self.device)} from policy v{job.base.version} ({job.base_dir.name})"
+        )
+        model, tokenizer = load_policy(job.base_dir, device=self.device, dtype=torch.float32)
         self.tokenizer = tokenizer
-        policy_changed = False
-
-        # ---- SFT
-        if "sft" in stages:
-            self.enter("sft")
-            if len(data.sft_train) < int(config["sft_min_demonstrations"]):
-                have = len(data.sft_train)
-                if have == 0 and data.demonstrations_already_trained:
-                    reason = (
-                        f"no new demonstrations: v{base.version} was already fine-tuned on all "
-                        f"{data.demonstrations_already_trained} in the snapshot (sft_demonstrations=new)"
-                    )
-                elif have == 0:
-                    reason = "no demonstrations in the snapshot"
-                else:
-                    reason = f"{have} demonstration(s), fewer than sft_min_demonstrations={config['sft_min_demonstrations']}"
-                self.skip("sft", reason)
-            else:
-                model = self._sft(model, data, config)
-                policy_changed = True
-
-        # ---- RM
-        rm = None
-        rm_id = None
-        if "rm" in stages:
-            self.enter("rm")
-            usable = len(data.rm_train)
-            if usable < int(config["rm_min_rankings"]):
-                if not data.rankings:
-                    total = counts["rankings"]
-                    reason = "no rankings in the snapshot" if total == 0 else (
-                        f"none of the {total} rankings implies a preference pair (all ties or flagged)"
-                    )
-                else:
-                    reason = f"{usable} usable training ranking(s), fewer than rm_min_rankings={config['rm_min_rankings']}"
-                self.skip("rm", reason)
-            else:
-                rm, rm_id = self._reward_model(model, data, config)
-        else:
-            rm, rm_id = self._latest_reward_model(device)
-
-        # ---- PPO
-        if "ppo" in stages:
-            self.enter("ppo")
-            if rm is None:
-                why = self.skipped.get("rm")
-                self.skip("ppo", f"no reward model (the RM stage was skipped: {why})" if why else "no reward model")
-            elif not data.train_prompts:
-                self.skip("ppo", "no train prompts in the snapshot")
-            else:
-                model = self._ppo(model, rm, data, config)
-                policy_changed = True
-
-        # ---- evaluate and promote
-        if not policy_changed:
-            ran = [s for s in stages if s not in self.skipped]
-            why = "; ".join(f"{s}: {r}" for s, r in self.skipped.items())
-            if ran:  # e.g. an RM-only round
-                summary = f"{', '.join(ran)} done; no policy stage ran, so no new policy" + (f" ({why})" if why else "")
-            else:
-                summary = f"nothing to train, nothing registered: every stage was skipped ({why})"
-            self.control.log(summary, "warning")
-            return self._finish_without_policy(summary, rm_id)
-
-        self.enter("evaluate")
-        eval_metrics = self._evaluate(model, rm, base, base_dir, data, config)
-        self.control.check()
-        self.enter("promote")
-        return self._promote(model, base, eval_metrics, rm_id, deploy, created_by_id, stages)
-
-    # -- stages -----------------------------------------------------------------------
+        return model
 
     def _base_policy(self, db: Any, run: TrainingRun) -> Policy:
         if run.base_policy_id is not None:
@@ -375,137 +249,173 @@ class _Round:
         workers.update_run(db, self.lease, base_policy_id=base.id)
         return base
 
-    def _sft(self, model: Any, data: RoundData, config: dict[str, Any]) -> Any:
-        from trainer.stages import SFTConfig, train_sft
+    # -- SFT --------------------------------------------------------------------------
 
-        cfg = SFTConfig(
-            lr=float(config["sft_lr"]),
-            epochs=int(config["sft_epochs"]),
-            batch_size=int(config["sft_batch_size"]),
-            max_length=int(config["sft_max_length"]),
-            seed=int(config["seed"]),
-        )
-        total = math.ceil(len(data.sft_train) / cfg.batch_size) * cfg.epochs
+    def _sft(self, model: Any, job: _Job, epoch_states: list[Any]) -> StageOutcome:
+        from trainer.config import epochs_for
+        from trainer.stages import train_sft
+
+        data, cfg = job.data, job.cfg.sft
+        have = len(data.sft_train)
+        if have < cfg.min_demonstrations:
+            if have == 0 and data.demonstrations_already_trained:
+                reason = (
+                    f"no new demonstrations: v{job.base.version} was already fine-tuned on all "
+                    f"{data.demonstrations_already_trained} in the snapshot (sft_demonstrations=new)"
+                )
+            elif have == 0:
+                reason = "no demonstrations in the snapshot"
+            else:
+                reason = f"{have} new demonstration(s), fewer than sft_min_demonstrations={cfg.min_demonstrations}"
+            return StageOutcome.skipped("sft", reason)
+        epochs = epochs_for(have, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.min_steps, cfg.max_epochs)
+        total = math.ceil(have / cfg.batch_size) * epochs
         self.control.log(
-            f"sft: {len(data.sft_train)} demonstrations ({len(data.sft_val)} validation), {total} steps"
+            f"sft: {have} demonstrations ({len(data.sft_val)} validation), {epochs} epochs, {total} steps"
             + (
                 f"; {data.demonstrations_already_trained} already trained on by this lineage left out"
                 if data.demonstrations_already_trained else ""
             )
         )
+        keep = cfg.select_by_reward and epochs > 1 and "rm" in job.stages
         metrics = train_sft(
-            model,
-            self.tokenizer,
-            data.sft_train,
-            data.sft_val,
-            cfg,
-            accelerator=self.accelerator,
-            on_step=self.on_step_for("sft", total),
-            should_stop=self.control.should_stop,
+            model, self.tokenizer, data.sft_train, data.sft_val, cfg,
+            accelerator=self.accelerator, on_step=self.on_step_for("sft", total),
+            should_stop=self.control.should_stop, epoch_states=epoch_states if keep else None,
         )
-        self.metrics["sft"] = metrics
         self.control.log("sft done: " + _fmt(metrics, ("train_loss", "val_loss_before", "val_loss_after", "steps")))
-        model = self.accelerator.unwrap_model(model)
         self.accelerator.free_memory()  # drop Accelerate's references to the optimizer state
+        return StageOutcome("sft", True, metrics=metrics)
+
+    def _select_sft_epoch(self, model: Any, rm: Any, epoch_states: list[Any], job: _Job) -> Any:
+        """Keep the SFT epoch whose validation samples the RM scores best (InstructGPT)."""
+        from trainer.stages import reward_fn_from_model
+        from trainer.stages.common import prompt_text, sample_responses
+
+        if rm is None or len(epoch_states) < 2:
+            return model
+        prompts = job.data.eval_prompts[: job.cfg.eval.prompts]
+        if not prompts:
+            return model
+        score_fn = reward_fn_from_model(rm, self.tokenizer, max_length=job.cfg.rm.max_length)
+        rendered = [prompt_text(self.tokenizer, p) for p in prompts]
+        scores = []
+        for index, state in enumerate(epoch_states):
+            model.load_state_dict(state)
+            total, n = 0.0, 0
+            for i in range(0, len(rendered), job.cfg.eval.batch_size):
+                samples = sample_responses(
+                    model, self.tokenizer, rendered[i : i + job.cfg.eval.batch_size],
+                    max_new_tokens=job.cfg.eval.max_new_tokens, temperature=job.cfg.eval.temperature,
+                    top_p=job.cfg.eval.top_p, generator_seed=job.cfg.eval.seed + i,
+                )
+                total += float(score_fn(samples.prompt_texts, samples.response_texts).sum())
+                n += len(samples.response_texts)
+            scores.append(total / max(1, n))
+            self.control.metric("sft", index + 1, {"val_rm_score": scores[-1]})
+            self.control.check()
+        best = max(range(len(scores)), key=lambda i: scores[i])
+        model.load_state_dict(epoch_states[best])
+        sft = self.metrics.setdefault("sft", {})
+        sft.update(selected_epoch=best + 1, val_rm_score_by_epoch=scores, selected_by="reward")
+        self.control.log(
+            f"sft: kept epoch {best + 1} of {len(scores)} by the RM's validation score "
+            f"({', '.join(f'{s:+.3f}' for s in scores)}); validation loss is in the sft metrics"
+        )
         return model
 
-    def _reward_model(self, model: Any, data: RoundData, config: dict[str, Any]) -> tuple[Any, int]:
-        from trainer.stages import RewardModel, RMConfig, normalize_reward_bias, train_reward_model
+    # -- reward model -----------------------------------------------------------------
 
-        cfg = RMConfig(
-            lr=float(config["rm_lr"]),
-            epochs=int(config["rm_epochs"]),
-            rankings_per_batch=int(config["rm_rankings_per_batch"]),
-            max_length=int(config["rm_max_length"]),
-            unacceptable=str(config["rm_unacceptable"]),
-            seed=int(config["seed"]),
-        )
-        total = math.ceil(len(data.rm_train) / cfg.rankings_per_batch) * cfg.epochs
+    def _reward_model(self, model: Any, job: _Job) -> tuple[Any, int | None]:
+        from trainer.stages import normalize_reward_bias, train_reward_model
+
+        data, cfg = job.data, job.cfg.rm
+        usable = len(data.rm_train)
+        if usable < cfg.min_rankings:
+            if not data.rankings:
+                total = len(data.rankings) + data.rankings_without_pairs
+                reason = "no rankings in the snapshot" if total == 0 else (
+                    f"none of the {total} rankings implies a preference pair (all ties or flagged)"
+                )
+            else:
+                reason = f"{usable} usable training ranking(s), fewer than rm_min_rankings={cfg.min_rankings}"
+            self.record(StageOutcome.skipped("rm", reason))
+            return None, None
+        rm, init = self._initial_reward_model(model, job)
+        steps_per_epoch = math.ceil(usable / cfg.rankings_per_batch)
         self.control.log(
-            f"rm: {len(data.rm_train)} training rankings, {len(data.rm_val)} held out ({data.rm_val_source}), "
-            f"{total} steps" + (f"; {data.rankings_without_pairs} without a pair left out" if data.rankings_without_pairs else "")
+            f"rm: {usable} training rankings, {len(data.rm_val)} held out ({data.rm_val_source}), "
+            f"at most {cfg.epochs} epochs of {steps_per_epoch} steps (patience {cfg.patience}); start: {init}"
+            + (f"; {data.rankings_without_pairs} without a pair left out" if data.rankings_without_pairs else "")
         )
-        rm = RewardModel.from_causal_lm(model, copy=True).to(self.device)
         metrics = train_reward_model(
-            rm,
-            self.tokenizer,
-            data.rm_train,
-            data.rm_val,
-            cfg,
-            accelerator=self.accelerator,
-            on_step=self.on_step_for("rm", total),
+            rm, self.tokenizer, data.rm_train, data.rm_val, cfg,
+            accelerator=self.accelerator, on_step=self.on_step_for("rm", steps_per_epoch * cfg.epochs),
             should_stop=self.control.should_stop,
         )
         rm = self.accelerator.unwrap_model(rm)
         self.accelerator.free_memory()
         self.control.check()
-        limit = int(config["rm_normalize_examples"])
         demos = data.demonstrations
         if demos:
-            chosen = _pick(demos, limit, int(config["seed"]))
+            chosen = _pick(demos, cfg.normalize_examples, job.cfg.seed)
             examples = [((d.prompt, d.messages), d.completion) for d in chosen]
             source = f"{len(examples)} demonstrations"
         else:
-            examples = self._policy_samples(model, data.train_prompts or data.eval_prompts, limit, config)
+            examples = self._policy_samples(model, data.train_prompts or data.eval_prompts, job)
             source = f"{len(examples)} policy samples"
         offset = normalize_reward_bias(rm, self.tokenizer, examples, max_length=cfg.max_length)
-        metrics = {**metrics, "bias_offset": offset}
-        self.control.metric("rm", int(metrics.get("steps", total)), {"bias_offset": offset})
+        metrics = {**metrics, "bias_offset": offset, "init": init, "base": job.base.base}
+        self.control.metric("rm", int(metrics.get("steps", 0)), {"bias_offset": offset})
         self.metrics["rm"] = metrics
         self.control.log(
-            f"rm done: {_fmt(metrics, ('val_accuracy', 'val_accuracy_before', 'train_accuracy', 'train_loss'))}; "
+            f"rm done: {_fmt(metrics, ('val_accuracy', 'val_accuracy_before', 'train_accuracy', 'train_loss'))}, "
+            f"best epoch {int(metrics['best_epoch'])} of {int(metrics['epochs_run'])}; "
             f"bias set so {source} score mean 0 (offset {offset:+.4f})"
         )
-        rm_id = self._save_reward_model(rm, metrics)
-        return rm, rm_id
+        return rm, self._save_reward_model(rm, metrics)
 
-    def _policy_samples(self, model: Any, prompts: list[Any], limit: int, config: dict[str, Any]) -> list[Any]:
-        from trainer.stages.common import prompt_text, sample_responses
+    def _initial_reward_model(self, model: Any, job: _Job) -> tuple[Any, str]:
+        """A fresh head on the SFT model, or the previous round's RM when ``rm_init`` says so
+        (``auto``: when it beats the fresh one on this round's held-out rankings)."""
+        from trainer.stages import RewardModel
+        from trainer.stages.reward import evaluate_rankings
 
-        chosen = _pick(prompts, limit, int(config["seed"]))
-        out = []
-        for i in range(0, len(chosen), 16):
-            chunk = chosen[i : i + 16]
-            samples = sample_responses(
-                model,
-                self.tokenizer,
-                [prompt_text(self.tokenizer, p) for p in chunk],
-                max_new_tokens=int(config["ppo_max_new_tokens"]),
-                temperature=float(config["ppo_temperature"]),
-                generator_seed=int(config["seed"]) + i,
-            )
-            out.extend(zip(chunk, samples.response_texts))
-        return out
+        fresh = RewardModel.from_causal_lm(model, copy=True).to(self.device)
+        cfg = job.cfg.rm
+        if cfg.init == "scratch":
+            return fresh, "scratch (rm_init=scratch)"
+        previous, version = self._previous_reward_model(job)
+        if previous is None:
+            return fresh, "scratch (no earlier reward model of this base)"
+        if cfg.init == "previous" or not job.data.rm_val:
+            del fresh
+            return previous, f"reward_models/v{version} (rm_init={cfg.init})"
+        acc_prev = evaluate_rankings(previous, self.tokenizer, job.data.rm_val, cfg, self.accelerator)["accuracy"]
+        acc_fresh = evaluate_rankings(fresh, self.tokenizer, job.data.rm_val, cfg, self.accelerator)["accuracy"]
+        self.control.metric("rm", 0, {"init_accuracy_previous": acc_prev, "init_accuracy_fresh": acc_fresh})
+        if acc_prev > acc_fresh:
+            del fresh
+            return previous, f"reward_models/v{version}: held-out {acc_prev:.2f} against {acc_fresh:.2f} for a fresh head"
+        del previous
+        return fresh, f"scratch: the previous RM reward_models/v{version} scored {acc_prev:.2f} held out, a fresh head {acc_fresh:.2f}"
 
-    def _save_reward_model(self, rm: Any, metrics: dict[str, Any]) -> int:
-        root = self.settings.resolved_artifacts_dir
-        staging = root / artifacts.REWARD_MODELS / f".staging-run{self.run_id}-{uuid.uuid4().hex[:8]}"
-        rm.save(staging, tokenizer=self.tokenizer, extra={"training_run_id": self.run_id})
+    def _previous_reward_model(self, job: _Job) -> tuple[Any, int | None]:
+        from trainer.stages import RewardModel
+
+        with self.database.session() as db:
+            rows = [r for r in policies.list_reward_models(db) if (r.metrics or {}).get("base") == job.base.base]
+            if not rows:
+                return None, None
+            rel, version = rows[0].artifact_path, rows[0].version
         try:
-            with self.database.session() as db:
-                version = artifacts.next_free_version(
-                    root, artifacts.REWARD_MODELS, policies.max_reward_model_version(db), first=1
-                )
-            dest = _rename_into_free_version(staging, root, artifacts.REWARD_MODELS, version)
-            version = int(dest.name[1:])
-            faults.pause_at("rm-saved")
-            with self.database.session() as db:
-                if workers.locked_run(db, self.lease) is None:
-                    raise LeaseLost()
-                row = policies.register_reward_model(
-                    db,
-                    version=version,
-                    artifact_path=artifacts.reward_model_rel_path(version),
-                    training_run_id=self.run_id,
-                    metrics=_jsonable(metrics),
-                )
-                rm_id = row.id
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        self.control.log(f"reward model saved as reward_models/v{version}")
-        return rm_id
+            rm = RewardModel.load(artifacts.resolve(self.settings.resolved_artifacts_dir, rel), device=self.device)
+        except Exception as exc:  # noqa: BLE001 - a stale RM is not worth failing the round
+            self.control.log(f"could not load reward_models/v{version}: {exc}; training from scratch", "warning")
+            return None, None
+        return rm, version
 
-    def _latest_reward_model(self, device: Any) -> tuple[Any, int | None]:
+    def _latest_reward_model(self) -> tuple[Any, int | None]:
         """The latest registered RM, for rounds that do not train one (None if unusable)."""
         from trainer.stages import RewardModel
 
@@ -513,109 +423,198 @@ class _Round:
             row = policies.latest_reward_model(db)
             if row is None:
                 return None, None
-            rel, version, rm_id = row.artifact_path, row.version, row.id
+            rel, version, rm_id, metrics = row.artifact_path, row.version, row.id, dict(row.metrics or {})
         try:
-            rm = RewardModel.load(artifacts.resolve(self.settings.resolved_artifacts_dir, rel), device=device)
+            rm = RewardModel.load(artifacts.resolve(self.settings.resolved_artifacts_dir, rel), device=self.device)
         except Exception as exc:  # noqa: BLE001
             self.control.log(f"could not load reward_models/v{version}: {exc}", "warning")
             return None, None
+        self.metrics["rm"] = {k: metrics[k] for k in ("val_accuracy", "val_pairs", "val_rankings") if k in metrics}
+        self.metrics["rm"]["reused_version"] = version
         self.control.log(f"using the latest reward model, reward_models/v{version}")
         return rm, rm_id
 
-    def _ppo(self, model: Any, rm: Any, data: RoundData, config: dict[str, Any]) -> Any:
-        from trainer.stages import PPOConfig, reward_fn_from_model, train_ppo
-
-        ptx = float(config["ppo_ptx_coef"])
-        if ptx > 0 and not data.sft_train:
-            self.control.log("ppo_ptx_coef > 0 but there are no demonstrations; PPO-ptx off", "warning")
-            ptx = 0.0
-        cfg = PPOConfig(
-            lr=float(config["ppo_lr"]),
-            kl_coef=float(config["ppo_kl_coef"]),
-            ppo_epochs=int(config["ppo_epochs"]),
-            rollout_batch_size=int(config["ppo_rollout_batch_size"]),
-            minibatch_size=int(config["ppo_minibatch_size"]),
-            iterations=int(config["ppo_iterations"]),
-            max_new_tokens=int(config["ppo_max_new_tokens"]),
-            temperature=float(config["ppo_temperature"]),
-            ptx_coef=ptx,
-            seed=int(config["seed"]),
+    def _rm_gate(self, job: _Job, rm_id: int | None, *, trained: bool) -> bool:
+        """The RM gate: is the reward model above chance on held-out rankings?"""
+        rm_metrics = self.metrics.get("rm", {})
+        pairs = int(rm_metrics.get("val_pairs") or 0)
+        held = int(rm_metrics.get("val_rankings") or 0)
+        gate = gates.rm_gate(
+            rm_metrics.get("val_accuracy"), pairs, job.cfg.rm,
+            held_out_rankings=held or len(job.data.rm_val), total_rankings=len(job.data.rankings),
         )
-        prompts = _pick(data.train_prompts, int(config["ppo_max_prompts"]), int(config["seed"]))
-        self.control.log(f"ppo: {cfg.iterations} iterations of {cfg.rollout_batch_size} rollouts over {len(prompts)} prompts")
-        ref = copy.deepcopy(model)
+        self.gates["rm"] = gate.as_dict()
+        self.control.log(
+            f"rm gate {'passed' if gate.passed else 'failed'}: " + (gate.reason or (
+                f"held-out accuracy {gate.value:.2f} on {gate.n} pairs, interval {gate.low:.2f}-{gate.high:.2f}"
+            )),
+            "info" if gate.passed else "warning",
+        )
+        return gate.passed
+
+    def _policy_samples(self, model: Any, prompts: list[Any], job: _Job) -> list[Any]:
+        from trainer.stages.common import prompt_text, sample_responses
+
+        chosen = _pick(prompts, job.cfg.rm.normalize_examples, job.cfg.seed)
+        out = []
+        for i in range(0, len(chosen), 16):
+            chunk = chosen[i : i + 16]
+            samples = sample_responses(
+                model, self.tokenizer, [prompt_text(self.tokenizer, p) for p in chunk],
+                max_new_tokens=job.cfg.ppo.max_new_tokens, temperature=job.cfg.ppo.temperature,
+                generator_seed=job.cfg.seed + i,
+            )
+            out.extend(zip(chunk, samples.response_texts))
+        return out
+
+    def _save_reward_model(self, rm: Any, metrics: dict[str, Any]) -> int:
+        root = self.settings.resolved_artifacts_dir
+        staging = artifacts.staging_dir(root, artifacts.REWARD_MODELS, f"run{self.run_id}")
+        rm.save(staging, tokenizer=self.tokenizer, extra={"training_run_id": self.run_id})
+        try:
+            with self.database.session() as db:
+                registered = policies.max_reward_model_version(db)
+            version = artifacts.publish(root, artifacts.REWARD_MODELS, staging, registered, first=1)
+            faults.pause_at("rm-saved")
+            with self.database.session() as db:
+                if workers.locked_run(db, self.lease) is None:
+                    raise LeaseLost()
+                row = policies.register_reward_model(
+                    db, version=version, artifact_path=artifacts.reward_model_rel_path(version),
+                    training_run_id=self.run_id, metrics=_jsonable(metrics),
+                )
+                rm_id = row.id
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.control.log(f"reward model saved as reward_models/v{version}")
+        return rm_id
+
+    # -- policy optimisation ----------------------------------------------------------
+
+    def _ppo(self, model: Any, rm: Any, job: _Job) -> StageOutcome:
+        from trainer.stages import reward_fn_from_model, train_ppo
+
+        data, cfg = job.data, job.cfg.ppo
+        if rm is None:
+            why = self.gates.get("rm", {}).get("reason") or self.skipped.get("rm")
+            return StageOutcome.skipped("ppo", f"no usable reward model ({why})" if why else "no reward model")
+        if not data.train_prompts:
+            return StageOutcome.skipped("ppo", "no train prompts in the snapshot")
+        if cfg.ptx_coef > 0 and not data.sft_train:
+            self.control.log("ppo_ptx_coef > 0 but there are no demonstrations; PPO-ptx off", "warning")
+            cfg = _replace(cfg, ptx_coef=0.0)
+        prompts = _pick(data.train_prompts, cfg.max_prompts, job.cfg.seed)
+        iterations = derive_ppo_iterations(cfg, len(prompts), self.accelerator.num_processes)
+        ref, ref_name = self._kl_reference(model, job)
+        self.control.log(
+            f"ppo: {iterations} iterations of {cfg.rollout_batch_size} rollouts over {len(prompts)} prompts, "
+            f"{cfg.max_new_tokens} new tokens at temperature {cfg.temperature:g}; KL reference {ref_name}"
+        )
         value = copy.deepcopy(rm)
-        reward_fn = reward_fn_from_model(rm, self.tokenizer, max_length=int(config["rm_max_length"]))
+        reward_fn = reward_fn_from_model(rm, self.tokenizer, max_length=job.cfg.rm.max_length)
         metrics = train_ppo(
-            model,
-            ref,
-            value,
-            reward_fn,
-            self.tokenizer,
-            prompts,
-            cfg,
-            ptx_examples=data.sft_train if ptx > 0 else None,
-            accelerator=self.accelerator,
-            on_step=self.on_step_for("ppo", cfg.iterations),
-            should_stop=self.control.should_stop,
+            model, ref, value, reward_fn, self.tokenizer, prompts, _replace(cfg, iterations=iterations),
+            ptx_examples=data.sft_train if cfg.ptx_coef > 0 else None, accelerator=self.accelerator,
+            on_step=self.on_step_for("ppo", iterations), should_stop=self.control.should_stop,
         )
         del ref, value
-        self.metrics["ppo"] = metrics
+        metrics["kl_reference"] = ref_name
         self.control.log("ppo done: " + _fmt(metrics, ("score_first", "score", "kl", "entropy", "iterations")))
         self.accelerator.free_memory()
-        return model
+        return StageOutcome("ppo", True, metrics=metrics)
 
-    def _evaluate(
-        self, model: Any, rm: Any, base: Policy, base_dir: Path, data: RoundData, config: dict[str, Any]
-    ) -> dict[str, float]:
+    def _kl_reference(self, model: Any, job: _Job) -> tuple[Any, str]:
+        """The frozen policy PPO's KL penalty pulls towards (``ppo_kl_reference``)."""
         import torch
 
         from trainer.policy_io import load_policy
-        from trainer.stages import EvalParams, evaluate_policies, reward_fn_from_model
 
-        prompts = data.eval_prompts[: int(config["eval_prompts"])]
+        choice = job.cfg.ppo.kl_reference
+        if choice == "start":
+            return copy.deepcopy(model), "this round's starting (SFT) policy"
+        with self.database.session() as db:
+            lineage = _lineage(db, job.base)
+            pick = lineage[-1]  # the root: v0 of this lineage
+            if choice == "first_sft":
+                trained = [p for p in reversed(lineage) if "sft" in ((p.metrics or {}).get("stages") or [])]
+                if trained:
+                    pick = trained[0]
+                elif "sft" in self.metrics:  # this round's SFT is the lineage's first
+                    return copy.deepcopy(model), "this round's SFT policy (the lineage's first)"
+            rel, version = pick.artifact_path, pick.version
+        ref, _ = load_policy(artifacts.resolve(self.settings.resolved_artifacts_dir, rel), device=self.device,
+                             dtype=torch.float32)
+        return ref, f"v{version} (ppo_kl_reference={choice})"
+
+    def _dpo(self, model: Any, job: _Job) -> StageOutcome:
+        from trainer.stages.dpo import train_dpo
+
+        data, cfg = job.data, job.cfg.dpo
+        if len(data.rm_train) < job.cfg.rm.min_rankings:
+            return StageOutcome.skipped(
+                "dpo", f"{len(data.rm_train)} usable training ranking(s), fewer than rm_min_rankings="
+                f"{job.cfg.rm.min_rankings}"
+            )
+        ref = copy.deepcopy(model)
+        self.control.log(f"dpo: {len(data.rm_train)} rankings, {len(data.rm_val)} held out, beta {cfg.beta:g}")
+        steps = math.ceil(len(data.rm_train) / cfg.rankings_per_batch) * cfg.max_epochs
+        metrics = train_dpo(
+            model, ref, self.tokenizer, data.rm_train, data.rm_val, cfg, accelerator=self.accelerator,
+            on_step=self.on_step_for("dpo", steps), should_stop=self.control.should_stop,
+        )
+        del ref
+        self.control.log("dpo done: " + _fmt(metrics, ("train_loss", "val_accuracy", "val_margin", "steps")))
+        self.accelerator.free_memory()
+        return StageOutcome("dpo", True, metrics=metrics)
+
+    # -- evaluation and promotion -----------------------------------------------------
+
+    def _evaluate(self, model: Any, rm: Any, job: _Job) -> dict[str, Any]:
+        import torch
+
+        from trainer.policy_io import load_policy
+        from trainer.stages import evaluate_policies, reward_fn_from_model
+
+        prompts = job.data.eval_prompts[: job.cfg.eval.prompts]
         if not prompts:
             self.control.log("evaluation skipped: no prompts", "warning")
             return {}
         if rm is not None:
-            score_fn = reward_fn_from_model(rm, self.tokenizer, max_length=int(config["rm_max_length"]))
+            score_fn = reward_fn_from_model(rm, self.tokenizer, max_length=job.cfg.rm.max_length)
         else:
             self.control.log("no reward model: evaluation reports KL only", "warning")
 
             def score_fn(prompts: list[str], responses: list[str]) -> torch.Tensor:
                 return torch.zeros(len(responses))
 
-        params = EvalParams(
-            max_new_tokens=int(config["eval_max_new_tokens"]),
-            temperature=float(config["ppo_temperature"]),
-            seed=int(config["seed"]) + 1234,
-        )
-        prev, _ = load_policy(base_dir, device=self.device, dtype=torch.float32)
-        result = evaluate_policies(model, prev, score_fn, self.tokenizer, prompts, params)
+        prev, _ = load_policy(job.base_dir, device=self.device, dtype=torch.float32)
+        result = evaluate_policies(model, prev, score_fn, self.tokenizer, prompts, job.cfg.eval)
         del prev
-        out = {"kl_from_prev": result["kl_from_prev"], "eval_prompts": result["n"]}
+        out: dict[str, Any] = {"kl_from_prev": result["kl_from_prev"], "eval_prompts": result["n"],
+                               "eval_samples": result["samples"], "kls": result["kls"]}
         if rm is not None:
             out.update(
-                win_rate=result["win_rate"],
-                mean_score_new=result["mean_score_new"],
-                mean_score_prev=result["mean_score_prev"],
+                win_rate=result["win_rate"], mean_score_new=result["mean_score_new"],
+                mean_score_prev=result["mean_score_prev"], score_deltas=result["score_deltas"], wins=result["wins"],
             )
         self.control.check()
         out["kl_from_v0"] = out["kl_from_prev"]
-        if base.version != 0:
+        if job.base.version != 0:
             v0_dir = self._v0_dir()
             if v0_dir is not None:
                 v0, _ = load_policy(v0_dir, device=self.device, dtype=torch.float32)
-                vs0 = evaluate_policies(model, v0, score_fn, self.tokenizer, prompts, params)
+                vs0 = evaluate_policies(model, v0, score_fn, self.tokenizer, prompts, job.cfg.eval)
                 del v0
                 out["kl_from_v0"] = vs0["kl_from_prev"]
                 if rm is not None:
                     out["win_rate_vs_v0"] = vs0["win_rate"]
             else:
                 del out["kl_from_v0"]
-        self.metrics["eval"] = out
-        self.control.metric("eval", 0, out)
-        self.control.log("evaluation: " + _fmt(out, ("win_rate", "mean_score_new", "mean_score_prev", "kl_from_prev", "kl_from_v0")))
+        summary = {k: v for k, v in out.items() if not isinstance(v, list)}
+        self.metrics["eval"] = summary
+        self.control.metric("eval", 0, summary)
+        self.control.log("evaluation: " + _fmt(summary, ("win_rate", "mean_score_new", "mean_score_prev",
+                                                         "kl_from_prev", "kl_from_v0")))
         return out
 
     def _v0_dir(self) -> Path | None:
@@ -627,15 +626,22 @@ class _Round:
         path = artifacts.resolve(self.settings.resolved_artifacts_dir, rel)
         return path if path.is_dir() else None
 
-    # -- endings ----------------------------------------------------------------------
-
     def _summary_metrics(self) -> dict[str, Any]:
         out = _jsonable(self.metrics)
         if self.skipped:
             out["skipped"] = dict(self.skipped)
+        if self.gates:
+            out["gates"] = _jsonable(self.gates)
         return out
 
-    def _finish_without_policy(self, summary: str, rm_id: int | None) -> RoundResult:
+    def _finish_without_policy(self, job: _Job, rm_id: int | None) -> RoundResult:
+        ran = [s for s in job.stages if s not in self.skipped]
+        why = "; ".join(f"{s}: {r}" for s, r in self.skipped.items())
+        if ran:  # e.g. an RM-only round
+            summary = f"{', '.join(ran)} done; no policy stage ran, so no new policy" + (f" ({why})" if why else "")
+        else:
+            summary = f"nothing to train, nothing registered: every stage was skipped ({why})"
+        self.control.log(summary, "warning")
         metrics = {**self._summary_metrics(), "summary": summary}
         if rm_id is not None:
             metrics["reward_model_id"] = rm_id
@@ -646,42 +652,45 @@ class _Round:
                 raise LeaseLost()
         return RoundResult("succeeded", None, summary, metrics)
 
-    def _promote(
-        self,
-        model: Any,
-        base: Policy,
-        eval_metrics: dict[str, float],
-        rm_id: int | None,
-        deploy: bool,
-        created_by_id: int | None,
-        stages: list[str],
-    ) -> RoundResult:
+    def _deploy_decision(self, job: _Job, evaluation: dict[str, Any]) -> tuple[bool, str]:
+        """Whether to deploy, and the note for the summary (the deploy gate lives here)."""
+        checks = gates.deploy_gates(evaluation, job.cfg.deploy)
+        refused = gates.refusal(checks)
+        self.gates["deploy"] = {
+            "checks": [g.as_dict() for g in checks], "passed": not refused, "requested": job.deploy,
+            "force": job.deploy_force,
+        }
+        if job.deploy_force:
+            return True, " (deploy: force" + (f", despite: {refused})" if refused else ")")
+        if not job.deploy:
+            return False, ("; the deploy gate would refuse it: " + refused) if refused else ""
+        if refused:
+            return False, f"; not deployed: {refused}"
+        return True, ""
+
+    def _promote(self, model: Any, job: _Job, evaluation: dict[str, Any], rm_id: int | None) -> RoundResult:
         from trainer.policy_io import save_policy_atomic
 
         root = self.settings.resolved_artifacts_dir
-        with self.database.session() as db:
-            version = artifacts.next_free_version(root, artifacts.POLICIES, policies.max_version(db))
+        deploy, gate_note = self._deploy_decision(job, evaluation)
         self.control.check()
-        dest: Path | None = None
-        for _ in range(100):
-            candidate = artifacts.resolve(root, artifacts.policy_rel_path(version))
-            try:
-                dest = save_policy_atomic(
-                    model, self.tokenizer, candidate, before_rename=lambda: faults.pause_at("promote")
-                )
-                break
-            except FileExistsError:
-                version += 1
-        if dest is None:
-            raise RoundError("could not find a free policy version directory")
-        trained = [s for s in stages if s not in self.skipped and s in ("sft", "ppo")]
-        summary = f"policy v{version} from v{base.version} ({' + '.join(trained)})"
+        staging = artifacts.staging_dir(root, artifacts.POLICIES, f"run{self.run_id}")
+        save_policy_atomic(model, self.tokenizer, staging)
+        try:
+            faults.pause_at("promote")
+            with self.database.session() as db:
+                registered = policies.max_version(db)
+            version = artifacts.publish(root, artifacts.POLICIES, staging, registered)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        dest = artifacts.resolve(root, artifacts.policy_rel_path(version))
+        trained = [s for s in job.stages if s not in self.skipped and s in ("sft", "ppo", "dpo")]
+        summary = f"policy v{version} from v{job.base.version} ({' + '.join(trained)})"
+        eval_summary = {k: v for k, v in evaluation.items() if not isinstance(v, list)}
         policy_metrics = {
-            **eval_metrics,
-            "stages": trained,
-            "skipped": dict(self.skipped),
-            "reward_model_id": rm_id,
-            **{k: _jsonable(self.metrics[k]) for k in ("sft", "rm", "ppo") if k in self.metrics},
+            **eval_summary, "stages": trained, "skipped": dict(self.skipped), "reward_model_id": rm_id,
+            "gates": _jsonable(self.gates),
+            **{k: _jsonable(self.metrics[k]) for k in ("sft", "rm", "ppo", "dpo") if k in self.metrics},
         }
         run_metrics = {**self._summary_metrics(), "policy_version": version, "reward_model_id": rm_id}
         self.control.flush()
@@ -695,26 +704,24 @@ class _Round:
                 if run.cancel_requested:
                     raise _CancelledLate()
                 policy = policies.register_policy(
-                    db,
-                    version=version,
-                    artifact_path=artifacts.policy_rel_path(version),
-                    parent_id=base.id,
-                    metrics=policy_metrics,
-                    base=base.base,
-                    training_run_id=self.run_id,
+                    db, version=version, artifact_path=artifacts.policy_rel_path(version), parent_id=job.base.id,
+                    metrics=policy_metrics, base=job.base.base, training_run_id=self.run_id,
                 )
-                deployed_note = ""
+                note = gate_note
                 if deploy:
-                    actor = db.get(User, created_by_id) if created_by_id else None
+                    actor = db.get(User, job.created_by_id) if job.created_by_id else None
                     try:
                         policies.deploy_policy(db, actor, policy.id, reason=f"training run {self.run_id}")
-                        deployed_note = "; deployed"
+                        note = "; deployed" + gate_note
                     except Conflict as exc:
-                        deployed_note = f"; not deployed: {exc.message}"
-                summary += deployed_note
+                        note = f"; not deployed: {exc.message}"
+                elif job.deploy:
+                    note += f" (v{job.base.version} stays deployed; an admin can still deploy v{version} by hand)"
+                summary += note
                 run_metrics["summary"] = summary
+                run_metrics["deployed"] = bool(deploy and note.startswith("; deployed"))
                 workers.finish_run(db, self.lease, "succeeded", progress=1.0, policy_id=policy.id, metrics=run_metrics)
-                workers.add_log(db, self.run_id, f"registered {summary}")
+                workers.add_log(db, self.run_id, f"registered {summary}", "info" if not gate_note else "warning")
                 policy_id = policy.id
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
@@ -776,6 +783,24 @@ def _lost(control: RunControl) -> RoundResult:
 # ------------------------------------------------------------------------------ utils
 
 
+def _lineage(db: Any, policy: Policy) -> list[Policy]:
+    """``policy`` and its ancestors, newest first (the last one is the lineage's root)."""
+    out: list[Policy] = []
+    seen: set[int] = set()
+    current: Policy | None = db.get(Policy, policy.id)
+    while current is not None and current.id not in seen:
+        seen.add(current.id)
+        out.append(current)
+        current = db.get(Policy, current.parent_id) if current.parent_id is not None else None
+    return out
+
+
+def _replace(cfg: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
 def _describe_device(device: Any) -> str:
     import torch
 
@@ -822,19 +847,3 @@ def _jsonable(value: Any) -> Any:
     if not math.isfinite(number):
         return None
     return int(number) if isinstance(value, int) else number
-
-
-def _rename_into_free_version(staging: Path, root: Path, kind: str, version: int) -> Path:
-    """Rename a complete staging directory to the first free ``<kind>/vN`` from ``version``."""
-    for v in range(version, version + 100):
-        dest = root / kind / f"v{v}"
-        if dest.exists():
-            continue
-        try:
-            os.rename(staging, dest)
-            return dest
-        except OSError:
-            if dest.exists():
-                continue
-            raise
-    raise RoundError(f"could not find a free {kind} version directory")

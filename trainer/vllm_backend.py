@@ -9,7 +9,6 @@ is that request's seed and ``batch_row`` the sample's index among its ``n``.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.generation import BaseGenerator, Draw, DrawJob, SamplingParams
+from trainer.prompting import eos_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +29,6 @@ def vllm_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _generation_config_eos(policy_dir: Path) -> list[int]:
-    path = policy_dir / "generation_config.json"
-    if not path.is_file():
-        return []
-    value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
-    if value is None:
-        return []
-    return [int(v) for v in ([value] if isinstance(value, int) else value)]
 
 
 class VLLMGenerator(BaseGenerator):
@@ -68,10 +58,7 @@ class VLLMGenerator(BaseGenerator):
             **llm_kwargs,
         )
         self._tokenizer = self.llm.get_tokenizer()
-        eos = _generation_config_eos(self.policy_dir)
-        if self._tokenizer.eos_token_id is not None:
-            eos.append(int(self._tokenizer.eos_token_id))
-        self.eos_ids = sorted(set(eos))
+        self.eos_ids = eos_token_ids(self._tokenizer, self.policy_dir)
         logger.info("vLLM generator ready for %s (eos ids %s)", self.policy_dir, self.eos_ids)
 
     @property

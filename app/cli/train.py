@@ -16,7 +16,7 @@ from app.models import PromptSet, TrainingRun
 from app.services import training, workers
 from app.services.errors import Invalid
 
-STAGE_LABELS = {"snapshot": "snapshot", "sft": "SFT", "rm": "reward model", "ppo": "PPO",
+STAGE_LABELS = {"snapshot": "snapshot", "sft": "SFT", "rm": "reward model", "ppo": "PPO", "dpo": "DPO",
                 "evaluate": "evaluate", "promote": "register"}
 
 
@@ -66,6 +66,7 @@ def wait_for_run(run_id: int, poll_s: float = 1.0) -> str:
                 status, stage, value = run.status, run.stage, run.progress
                 plan = training.progress_plan(list(run.stages or []))
                 described = _describe(run)
+                gates = training.gate_lines(run)
                 waiting = ""
                 if status == "queued":
                     timeout = settings().heartbeat_timeout_s
@@ -90,6 +91,8 @@ def wait_for_run(run_id: int, poll_s: float = 1.0) -> str:
                 break
             time.sleep(poll_s)
     (console.print if status == "succeeded" else err_console.print)(described, highlight=False)
+    for line in gates:
+        console.print(f"  {line}", highlight=False)
     return status
 
 
@@ -114,14 +117,17 @@ def _latest_metrics(db, run_id: int, stage: str | None) -> str:  # type: ignore[
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the rlhf app."""
-    train_app = typer.Typer(help="Training rounds (SFT, reward model, PPO).", no_args_is_help=True)
+    train_app = typer.Typer(help="Training rounds (SFT, reward model, PPO or DPO).", no_args_is_help=True)
     app.add_typer(train_app, name="train")
 
     @train_app.command("round")
     def round_(
         sets: Annotated[list[str], typer.Option("--set", help="prompt set name (repeat for several)")],
         stages: Annotated[str, typer.Option(help="comma-separated stages")] = "sft,rm,ppo",
-        deploy: Annotated[bool, typer.Option("--deploy", help="deploy the new policy when the round succeeds")] = False,
+        deploy: Annotated[bool, typer.Option(
+            "--deploy", help="deploy the new policy if the deploy gate passes (not worse than its parent)")] = False,
+        force_deploy: Annotated[bool, typer.Option(
+            "--force-deploy", help="deploy the new policy even when the deploy gate refuses it")] = False,
         config: Annotated[str | None, typer.Option(help="round config as a JSON object (see docs/trainer.md)")] = None,
         wait: Annotated[bool, typer.Option("--wait", help="follow the run until it ends (exit 1 unless it succeeds)")] = False,
     ) -> None:
@@ -137,7 +143,7 @@ def register(app: typer.Typer) -> None:
                 None,
                 _set_ids(db, sets),
                 stages=[s.strip() for s in stages.split(",") if s.strip()],
-                deploy=deploy,
+                deploy="force" if force_deploy else deploy,
                 config=parsed,
             )
             run_id = run.id

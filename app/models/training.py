@@ -12,7 +12,9 @@ from app.db import Base
 from app.models.base import UTCDateTime, utcnow
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-STAGES = ("sft", "rm", "ppo")
+STAGES = ("sft", "rm", "ppo", "dpo")  # in the order they run
+DEFAULT_STAGES = ("sft", "rm", "ppo")
+POLICY_OPTIMISERS = ("ppo", "dpo")  # a round runs at most one of these
 
 
 class TrainingRun(Base):
@@ -24,8 +26,10 @@ class TrainingRun(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     stage: Mapped[str | None] = mapped_column(String(32))
     prompt_set_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
-    stages: Mapped[list[str]] = mapped_column(JSON, default=lambda: list(STAGES))
+    stages: Mapped[list[str]] = mapped_column(JSON, default=lambda: list(DEFAULT_STAGES))
     deploy: Mapped[bool] = mapped_column(Boolean, default=False)
+    # deploy past the deploy gate (``"deploy": "force"`` in the API); only with ``deploy``
+    deploy_force: Mapped[bool] = mapped_column(Boolean, default=False)
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

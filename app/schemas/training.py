@@ -7,13 +7,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Stage = Literal["sft", "rm", "ppo"]
+Stage = Literal["sft", "rm", "ppo", "dpo"]
+Deploy = bool | Literal["force"]
 
 
 class RoundCreate(BaseModel):
     prompt_set_ids: list[int] = Field(min_length=1, description="the sets whose data the round trains on")
-    stages: list[Stage] | None = Field(default=None, description="default: sft, rm, ppo")
-    deploy: bool = Field(default=False, description="deploy the new policy when the round succeeds")
+    stages: list[Stage] | None = Field(
+        default=None, description='default: sft, rm, ppo; ["sft", "dpo"] optimises the policy with DPO instead'
+    )
+    deploy: Deploy = Field(
+        default=False,
+        description='true: deploy the new policy only if the deploy gate passes (not worse than its parent under '
+        'the round\'s evaluation); "force": deploy it anyway; false: register only',
+    )
     config: dict[str, Any] | None = Field(default=None, description="see GET /training/config")
 
 
@@ -27,12 +34,16 @@ class RunOut(BaseModel):
     status: str = Field(description="queued | running | succeeded | failed | cancelled")
     stage: str | None = None
     progress: float
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(
+        description="stage metrics, skipped stages with reasons, and gates: the RM gate (held-out accuracy "
+        "with its interval) and the deploy gate's checks (score, win rate with intervals, KL)"
+    )
+    gates: dict[str, Any] = Field(default_factory=dict, description="the RM and deploy gates' figures and decisions")
     policy_id: int | None = None
     error: str | None = None
     prompt_set_ids: list[int]
     stages: list[str]
-    deploy: bool
+    deploy: Deploy
     config: dict[str, Any]
     snapshot: dict[str, Any] = Field(description="counts and sha256 of the data the run trains on")
     attempts: int
@@ -67,6 +78,7 @@ class ConfigKeyOut(BaseModel):
     name: str
     default: Any
     type: str
+    nullable: bool = False
     help: str
     minimum: float | None = None
     maximum: float | None = None

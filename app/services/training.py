@@ -9,7 +9,6 @@ rejected here, before a worker ever sees it. docs/trainer.md documents every key
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -17,77 +16,22 @@ from sqlalchemy.orm import Session
 
 from app.models import PromptSet, RunLog, RunMetric, TrainingRun, User
 from app.models.base import utcnow
-from app.models.training import STAGES
+from app.models.training import DEFAULT_STAGES, POLICY_OPTIMISERS, STAGES
 from app.services import audit
 from app.services.errors import Conflict, Invalid, NotFound
+from trainer.config import ROUND_KEYS, ConfigError, RoundKey, round_defaults, validate_round_config
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
-
-@dataclass(frozen=True)
-class ConfigKey:
-    name: str
-    default: Any
-    help: str
-    minimum: float | None = None  # inclusive
-    maximum: float | None = None  # inclusive
-    choices: tuple[str, ...] | None = None
-    nullable: bool = False
-
-    @property
-    def type(self) -> type:
-        return type(self.default) if self.default is not None else float
-
-
-def _k(name: str, default: Any, help: str, **kw: Any) -> ConfigKey:
-    return ConfigKey(name, default, help, **kw)
-
-
-#: Every key a round's ``config`` may set, with its default (small enough that a round on
-#: the tiny test model finishes in seconds; raise them for real runs).
-ROUND_CONFIG: dict[str, ConfigKey] = {
-    c.name: c
-    for c in [
-        _k("seed", 0, "random seed of every stage", minimum=0),
-        # SFT
-        _k("sft_epochs", 1, "passes over the demonstrations", minimum=1, maximum=100),
-        _k("sft_lr", 2e-5, "SFT learning rate", minimum=0, maximum=1),
-        _k("sft_batch_size", 8, "demonstrations per optimizer step", minimum=1, maximum=4096),
-        _k("sft_max_length", 512, "tokens per prompt + demonstration", minimum=16, maximum=32768),
-        _k("sft_min_demonstrations", 1, "fewer demonstrations than this skip SFT", minimum=1),
-        _k("sft_demonstrations", "new",
-           "new: only demonstrations the starting policy's lineage has not been fine-tuned on; all: every one",
-           choices=("new", "all")),
-        # Reward model
-        _k("rm_epochs", 1, "passes over the rankings", minimum=1, maximum=100),
-        _k("rm_lr", 1e-5, "reward-model learning rate", minimum=0, maximum=1),
-        _k("rm_rankings_per_batch", 8, "rankings (all their K choose 2 pairs) per step", minimum=1, maximum=4096),
-        _k("rm_max_length", 512, "tokens per prompt + completion", minimum=16, maximum=32768),
-        _k("rm_min_rankings", 2, "fewer usable rankings than this skip the RM stage", minimum=1),
-        _k("rm_holdout_fraction", 0.1, "share of train rankings held out when no validation ranking exists",
-           minimum=0, maximum=0.5),
-        _k("rm_unacceptable", "keep", "rankings flagged all-unacceptable: keep or skip", choices=("keep", "skip")),
-        _k("rm_normalize_examples", 64, "demonstrations (or policy samples) that set the reward bias", minimum=1),
-        # PPO
-        _k("ppo_iterations", 8, "rollout + update iterations", minimum=1, maximum=100000),
-        _k("ppo_rollout_batch_size", 8, "prompts sampled per iteration", minimum=1, maximum=4096),
-        _k("ppo_minibatch_size", 4, "episodes per PPO minibatch (divides the rollout batch)", minimum=1),
-        _k("ppo_epochs", 2, "passes over each rollout", minimum=1, maximum=64),
-        _k("ppo_lr", 3e-6, "policy (and value) learning rate", minimum=0, maximum=1),
-        _k("ppo_kl_coef", 0.02, "per-token KL penalty to the SFT policy", minimum=0),
-        _k("ppo_max_new_tokens", 48, "tokens sampled per response", minimum=1, maximum=8192),
-        _k("ppo_temperature", 0.7, "sampling temperature of rollouts and evaluation", minimum=0.01, maximum=10),
-        _k("ppo_ptx_coef", 0.0, "weight of the PPO-ptx LM loss on demonstrations", minimum=0),
-        _k("ppo_max_prompts", 256, "train prompts PPO draws from", minimum=1),
-        # Evaluation
-        _k("eval_prompts", 32, "validation prompts for win rate / KL against the previous policy", minimum=1),
-        _k("eval_max_new_tokens", 48, "tokens sampled per evaluation response", minimum=1, maximum=8192),
-    ]
-}
+#: Every key a round's ``config`` may set, derived from the stage configs (trainer/config.py,
+#: torch-free): the API's ``GET /training/config``, this validation and the dashboard list.
+ROUND_CONFIG: dict[str, RoundKey] = ROUND_KEYS
 
 
 #: Share of a run's progress bar each part takes (renormalised over the parts that run).
-PROGRESS_WEIGHTS = {"snapshot": 0.03, "sft": 0.25, "rm": 0.25, "ppo": 0.37, "evaluate": 0.07, "promote": 0.03}
+PROGRESS_WEIGHTS = {
+    "snapshot": 0.03, "sft": 0.2, "rm": 0.25, "ppo": 0.37, "dpo": 0.37, "evaluate": 0.1, "promote": 0.03,
+}
 
 
 def progress_plan(stages: list[str]) -> dict[str, tuple[float, float]]:
@@ -103,53 +47,27 @@ def progress_plan(stages: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def config_defaults() -> dict[str, Any]:
-    return {name: key.default for name, key in ROUND_CONFIG.items()}
+    return round_defaults()
 
 
 def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """Check a round config against :data:`ROUND_CONFIG`; returns the given keys, normalised."""
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise Invalid("config must be a JSON object")
-    unknown = sorted(set(config) - set(ROUND_CONFIG))
-    if unknown:
-        raise Invalid(f"unknown config key(s): {', '.join(unknown)} (known: {', '.join(ROUND_CONFIG)})")
-    clean: dict[str, Any] = {}
-    for name, value in config.items():
-        key = ROUND_CONFIG[name]
-        if key.choices is not None:
-            if value not in key.choices:
-                raise Invalid(f"config {name} must be one of {', '.join(key.choices)}")
-            clean[name] = value
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise Invalid(f"config {name} must be a number")
-        if key.type is int:
-            if float(value) != int(value):
-                raise Invalid(f"config {name} must be a whole number")
-            value = int(value)
-        else:
-            value = float(value)
-        if key.minimum is not None and value < key.minimum:
-            raise Invalid(f"config {name} must be at least {key.minimum:g}")
-        if key.maximum is not None and value > key.maximum:
-            raise Invalid(f"config {name} must be at most {key.maximum:g}")
-        clean[name] = value
-    merged = {**config_defaults(), **clean}
-    if merged["ppo_rollout_batch_size"] % merged["ppo_minibatch_size"]:
-        raise Invalid("config ppo_rollout_batch_size must be a multiple of ppo_minibatch_size")
-    return clean
+    try:
+        return validate_round_config(config)
+    except ConfigError as exc:
+        raise Invalid(str(exc)) from exc
 
 
 def validate_stages(stages: list[str] | None) -> list[str]:
     if stages is None:
-        return list(STAGES)
+        return list(DEFAULT_STAGES)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise Invalid(f"unknown stage(s): {', '.join(map(str, unknown))} (stages: {', '.join(STAGES)})")
     if not stages:
-        raise Invalid("give at least one stage (sft, rm, ppo)")
+        raise Invalid(f"give at least one stage ({', '.join(STAGES)})")
+    if all(s in stages for s in POLICY_OPTIMISERS):
+        raise Invalid(f"choose one of {' or '.join(POLICY_OPTIMISERS)}: both optimise the policy from the same start")
     return [s for s in STAGES if s in stages]
 
 
@@ -158,13 +76,17 @@ def create_round(
     actor: User | None,
     prompt_set_ids: list[int],
     stages: list[str] | None = None,
-    deploy: bool = False,
+    deploy: bool | str = False,
     config: dict[str, Any] | None = None,
 ) -> TrainingRun:
     """Queue a training round over the given prompt sets; a worker picks it up.
 
-    The data is fixed when a worker starts the run (its snapshot), not here.
+    ``deploy``: False (register only), True (deploy through the deploy gate) or
+    ``"force"`` (deploy even when the gate refuses). The data is fixed when a worker
+    starts the run (its snapshot), not here.
     """
+    if deploy not in (True, False, "force"):
+        raise Invalid('deploy must be true, false or "force"')
     if not prompt_set_ids:
         raise Invalid("give at least one prompt set")
     ids = list(dict.fromkeys(int(i) for i in prompt_set_ids))
@@ -178,6 +100,7 @@ def create_round(
         prompt_set_ids=ids,
         stages=validate_stages(stages),
         deploy=bool(deploy),
+        deploy_force=deploy == "force",
         config=validate_config(config),
         created_by_id=actor.id if actor else None,
     )
@@ -185,9 +108,14 @@ def create_round(
     db.flush()
     audit.record(
         db, actor, "training.round_create", "training_run", run.id,
-        prompt_set_ids=ids, stages=run.stages, deploy=run.deploy, config=run.config,
+        prompt_set_ids=ids, stages=run.stages, deploy=deploy_mode(run), config=run.config,
     )
     return run
+
+
+def deploy_mode(run: TrainingRun) -> bool | str:
+    """The round's ``deploy`` as the API spells it: false, true or "force"."""
+    return "force" if run.deploy and run.deploy_force else bool(run.deploy)
 
 
 def list_runs(db: Session, limit: int = 50) -> list[TrainingRun]:
@@ -248,3 +176,32 @@ def snapshot_summary(run: TrainingRun) -> dict[str, Any]:
     """The snapshot without its id lists (counts and hash), for API answers and pages."""
     snap = run.snapshot or {}
     return {k: v for k, v in snap.items() if k != "ids"}
+
+
+def gate_lines(run: TrainingRun) -> list[str]:
+    """The run's gates as sentences, for the CLI and the run page ("rm gate passed: ...")."""
+    found = (run.metrics or {}).get("gates") or {}
+    lines: list[str] = []
+    rm = found.get("rm")
+    if rm:
+        lines.append(f"RM gate {'passed' if rm.get('passed') else 'failed'}: " + (rm.get("reason") or _figure(
+            "held-out accuracy", rm)))
+    deploy = found.get("deploy")
+    if deploy:
+        verdict = "passed" if deploy.get("passed") else "refused"
+        checks = "; ".join(
+            (c.get("reason") if not c.get("passed") and c.get("reason") else _figure(c.get("name", "check"), c))
+            for c in deploy.get("checks") or []
+        )
+        lines.append(f"deploy gate {verdict}: {checks}")
+    return lines
+
+
+def _figure(label: str, gate: dict[str, Any]) -> str:
+    value, low, high = gate.get("value"), gate.get("low"), gate.get("high")
+    if value is None:
+        return f"{label}: {gate.get('reason') or 'not measured'}"
+    text = f"{label.replace('_', ' ')} {value:.3g}"
+    if low is not None and high is not None:
+        text += f" (interval {low:.3g} to {high:.3g}, n={gate.get('n')})"
+    return text

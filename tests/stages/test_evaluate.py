@@ -50,6 +50,9 @@ def test_evaluate_with_a_reward_model_scorer(policy, tokenizer):
     result = evaluate_policies(
         policy, prev, reward_fn_from_model(rm, tokenizer), tokenizer, PROMPTS, EvalParams(max_new_tokens=6)
     )
-    assert set(result) == {"win_rate", "mean_score_new", "mean_score_prev", "kl_from_prev", "n"}
-    assert all(torch.isfinite(torch.tensor(v)) for v in result.values())
+    assert set(result) == {
+        "win_rate", "mean_score_new", "mean_score_prev", "kl_from_prev", "n", "samples", "score_deltas", "wins", "kls"
+    }
+    assert len(result["wins"]) == len(PROMPTS) * EvalParams().samples_per_prompt
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in result.values())
     assert 0.0 <= result["win_rate"] <= 1.0

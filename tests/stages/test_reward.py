@@ -81,13 +81,13 @@ def test_kway_ranking_is_encoded_once_per_completion(rm, tokenizer, accelerator)
         lambda mod, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     ranking = RankingExample("Pick one", None, ["alpha", "bravo", "charlie", "delta"], [[2], [0], [3], [1]])
-    metrics = train_reward_model(rm, tokenizer, [ranking], [], RMConfig(rankings_per_batch=1), accelerator)
+    metrics = train_reward_model(rm, tokenizer, [ranking], [], RMConfig(rankings_per_batch=1, epochs=1, min_steps=0), accelerator)
     assert rows == [4]  # K sequences, not K(K-1) = 12
     assert metrics["pairs"] == 6 and metrics["forward_rows"] == 4
 
     rows.clear()
     metrics = train_reward_model(
-        rm, tokenizer, [ranking], [], RMConfig(rankings_per_batch=1, mode="pairwise"), accelerator
+        rm, tokenizer, [ranking], [], RMConfig(rankings_per_batch=1, epochs=1, min_steps=0, mode="pairwise"), accelerator
     )
     assert rows == [12]
     assert metrics["pairs"] == 6
@@ -97,10 +97,10 @@ def test_ties_only_and_unacceptable_rankings(rm, tokenizer, accelerator):
     tied = RankingExample("q", None, ["a", "b"], [[0, 1]])
     bad = RankingExample("q", None, ["a", "b", "c"], [[1], [0], [2]], all_unacceptable=True)
     ok = RankingExample("q", None, ["a", "b"], [[1], [0]])
-    keep = train_reward_model(rm, tokenizer, [tied, bad, ok], [], RMConfig(rankings_per_batch=4), accelerator)
+    keep = train_reward_model(rm, tokenizer, [tied, bad, ok], [], RMConfig(rankings_per_batch=4, epochs=1, min_steps=0), accelerator)
     assert keep["rankings_skipped"] == 1 and keep["pairs"] == 3 + 1
     skip = train_reward_model(
-        rm, tokenizer, [tied, bad, ok], [], RMConfig(rankings_per_batch=4, unacceptable="skip"), accelerator
+        rm, tokenizer, [tied, bad, ok], [], RMConfig(rankings_per_batch=4, epochs=1, min_steps=0, unacceptable="skip"), accelerator
     )
     assert skip["rankings_skipped"] == 2 and skip["pairs"] == 1
     with pytest.raises(ValueError):
@@ -140,7 +140,8 @@ def test_last_real_index_left_and_right_padding():
 def test_rm_learns_marker_preference(rm, tokenizer, accelerator, step_log):
     torch.manual_seed(0)
     train, val = marker_rankings(48, seed=1), marker_rankings(16, seed=2)
-    config = RMConfig(lr=2e-3, epochs=4, rankings_per_batch=4, max_length=64, warmup_ratio=0.0, seed=0)
+    # patience=4: all four epochs run (early stopping has its own test)
+    config = RMConfig(lr=2e-3, epochs=4, patience=4, rankings_per_batch=4, max_length=64, warmup_ratio=0.0, seed=0)
     metrics = train_reward_model(rm, tokenizer, train, val, config, accelerator=accelerator, on_step=step_log)
     assert metrics["val_accuracy"] >= 0.9, metrics
     assert rm.score_head.bias.item() == 0.0  # shift-invariant loss: the bias is left to normalisation

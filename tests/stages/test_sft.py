@@ -97,7 +97,7 @@ def test_sft_lowers_validation_loss(policy, tokenizer, accelerator, step_log):
 
 
 def test_sft_gradient_accumulation_counts_optimizer_steps(policy, tokenizer, accelerator):
-    config = SFTConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=2, max_length=64)
+    config = SFTConfig(lr=1e-3, epochs=1, min_steps=0, batch_size=2, grad_accum=2, max_length=64)
     metrics = train_sft(policy, tokenizer, colour_examples(8), [], config, accelerator=accelerator)
     assert metrics["steps"] == 2
     assert "val_loss_before" not in metrics

@@ -144,8 +144,10 @@ def test_raw_text_without_chat_template(
     generator.generate([GenRequest(key="raw", prompt="hello world", k=1, params=SAMPLE)])
     expected = generator.tokenizer("hello world")["input_ids"]
     assert generate_calls[0]["input_ids"][0].tolist() == expected
-    with pytest.raises(ValueError, match="no chat template"):
-        generator.generate([GenRequest(key="m", messages=[{"role": "user", "content": "hi"}])])
+    # Messages without a chat template are rendered as "role: content" lines, exactly as the
+    # training stages render them (trainer/prompting.py).
+    generator.generate([GenRequest(key="m", messages=[{"role": "user", "content": "hi"}], params=SAMPLE)])
+    assert generate_calls[1]["input_ids"][0].tolist() == generator.tokenizer("user: hi\n")["input_ids"]
 
 
 def test_token_count_excludes_trailing_eos_and_padding(generator: TransformersGenerator) -> None:

@@ -7,22 +7,26 @@ wires them into jobs. See docs/training.md.
 """
 
 from .common import Cancelled, StepCallback, build_chat_prompt, check_cancel, set_dropout_off
+from trainer.config import DPOConfig, EvalConfig, PPOConfig, RMConfig, SFTConfig
+
+from .dpo import train_dpo
 from .evaluate import EvalParams, evaluate_policies
-from .ppo import PPOConfig, train_ppo
+from .ppo import train_ppo
 from .reward import (
     RankingExample,
     RewardModel,
-    RMConfig,
     normalize_reward_bias,
     pairs_from_ranking,
     reward_fn_from_model,
     score,
     train_reward_model,
 )
-from .sft import SFTConfig, SFTExample, train_sft
+from .sft import SFTExample, train_sft
 
 __all__ = [
     "Cancelled",
+    "DPOConfig",
+    "EvalConfig",
     "EvalParams",
     "PPOConfig",
     "RMConfig",
@@ -39,6 +43,7 @@ __all__ = [
     "reward_fn_from_model",
     "score",
     "set_dropout_off",
+    "train_dpo",
     "train_ppo",
     "train_reward_model",
     "train_sft",

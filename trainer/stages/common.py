@@ -22,17 +22,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.prompting import (  # noqa: F401 - Message, PromptLike, prompt_text are re-exported
+    Message,
+    PromptLike,
+    encode_prompt,
+    encode_rendered,
+    eos_token_ids,
+    prompt_text,
+    prompt_token_limit,
+    render_prompt,
+)
+
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[str, int, dict[str, float]], None]
 """``on_step(stage, step, metrics)``: called with a stage name (``"sft"``, ``"reward"``,
 ``"ppo"``), a 1-based optimizer step and a flat dict of float metrics."""
 
-Message = dict[str, str]
-PromptLike = Any
-"""A prompt in any of the shapes the stages accept: a plain string, a list of chat
-messages, a ``(prompt, messages)`` tuple, or an object with ``.prompt``/``.messages``
-attributes (``SFTExample``, ``RankingExample``). See :func:`prompt_text`."""
 
 IGNORE_INDEX = -100
 
@@ -56,49 +62,10 @@ def emit(on_step: StepCallback | None, stage: str, step: int, metrics: dict[str,
 
 
 # --------------------------------------------------------------------------- prompts
+# Rendering, truncation and EOS ids live in trainer/prompting.py (one pipeline for
+# labeling samples, rollouts, evaluation and training); these names stay for the stages.
 
-
-def build_chat_prompt(tokenizer, prompt: str | None, messages: list[Message] | None) -> str:
-    """The text the model sees before its response.
-
-    With a chat template the conversation (``messages``, else ``prompt`` as one user turn)
-    is rendered with the generation prompt (``<|im_start|>assistant\\n`` for SmolLM2);
-    without one, the raw prompt (or the messages joined as ``role: content`` lines) is
-    returned unchanged.
-    """
-    if messages is None and prompt is None:
-        raise ValueError("a prompt needs either `prompt` or `messages`")
-    if messages is not None:
-        msgs = list(messages)
-        if msgs and msgs[-1].get("role") == "assistant":
-            raise ValueError("`messages` must end before the assistant turn to be trained or sampled")
-    else:
-        msgs = [{"role": "user", "content": prompt}]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    if messages is None:
-        return prompt  # type: ignore[return-value]
-    return "".join(f"{m['role']}: {m['content']}\n" for m in msgs)
-
-
-def prompt_text(tokenizer, item: PromptLike) -> str:
-    """Render any :data:`PromptLike` to the model's prompt text via :func:`build_chat_prompt`."""
-    if isinstance(item, str):
-        return build_chat_prompt(tokenizer, item, None)
-    if isinstance(item, list):
-        return build_chat_prompt(tokenizer, None, item)
-    if isinstance(item, tuple):
-        prompt, messages = item
-        return build_chat_prompt(tokenizer, prompt, messages)
-    if hasattr(item, "prompt") or hasattr(item, "messages"):
-        return build_chat_prompt(tokenizer, getattr(item, "prompt", None), getattr(item, "messages", None))
-    raise TypeError(f"cannot read a prompt from {type(item).__name__}")
-
-
-def _encode_prompt(tokenizer, text: str) -> list[int]:
-    # A rendered chat template already carries its special tokens (BOS etc.).
-    add_special = not bool(getattr(tokenizer, "chat_template", None))
-    return tokenizer(text, add_special_tokens=add_special)["input_ids"]
+build_chat_prompt = render_prompt
 
 
 def encode_prompt_response(
@@ -113,7 +80,7 @@ def encode_prompt_response(
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
-    p_ids = _encode_prompt(tokenizer, prompt)
+    p_ids = encode_rendered(tokenizer, prompt)
     r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if add_eos:
         r_ids = r_ids + [tokenizer.eos_token_id]
@@ -127,8 +94,7 @@ def encode_prompt_response(
 
 def encode_prompt_only(tokenizer, prompt: str, max_length: int) -> list[int]:
     """Tokenise a rendered prompt, keeping its last ``max_length`` tokens."""
-    ids = _encode_prompt(tokenizer, prompt)
-    return ids[-max_length:]
+    return encode_prompt(tokenizer, prompt, max_length)
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,12 +387,14 @@ class Samples:
         return self.input_ids[:, self.prompt_len :]
 
 
-def response_mask_from_eos(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def response_mask_from_eos(responses: torch.Tensor, eos_ids: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mask, has_eos)``: 1 up to and including the first EOS of each row, 0 after.
 
+    ``eos_ids`` is one id or the policy's whole stop set (:func:`trainer.prompting.eos_token_ids`).
     Found from the EOS position, never from the pad id (which may equal EOS).
     """
-    is_eos = responses == eos_id
+    ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+    is_eos = torch.isin(responses, torch.as_tensor(ids, dtype=responses.dtype, device=responses.device))
     has_eos = is_eos.any(dim=1)
     width = responses.shape[1]
     first = torch.where(has_eos, is_eos.float().argmax(dim=1), torch.full_like(has_eos, width - 1, dtype=torch.long))
@@ -443,21 +411,23 @@ def sample_responses(
     max_new_tokens: int,
     temperature: float,
     top_p: float = 1.0,
-    max_prompt_length: int = 512,
+    max_prompt_length: int | None = 512,
     generator_seed: int | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> Samples:
     """Sample one response per prompt with ``model.generate`` (left padding, EOS stops).
 
-    ``generator_seed`` reseeds torch's RNG right before sampling (common random numbers:
-    two identical models given the same seed draw identical samples).
+    Prompts are encoded, truncated and stopped exactly as the labeling sampler does
+    (trainer/prompting.py). ``generator_seed`` reseeds torch's RNG right before sampling
+    (common random numbers: two identical models given the same seed draw identical samples).
     """
     from transformers import GenerationConfig
 
     device = model_device(model)
     pad_id = pad_token_id(tokenizer)
-    eos_id = tokenizer.eos_token_id
-    prompts = [encode_prompt_only(tokenizer, t, max_prompt_length) for t in prompt_texts]
+    eos_ids = eos_token_ids(tokenizer, model)
+    limit = prompt_token_limit(getattr(model, "config", None), max_new_tokens, max_prompt_length)
+    prompts = [encode_prompt(tokenizer, t, limit) for t in prompt_texts]
     ids, mask = pad_left(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     gen_config = GenerationConfig(
@@ -465,8 +435,9 @@ def sample_responses(
         temperature=temperature,
         top_p=top_p,
         top_k=0,
+        repetition_penalty=1.0,
         max_new_tokens=max_new_tokens,
-        eos_token_id=eos_id,
+        eos_token_id=eos_ids,
         pad_token_id=pad_id,
         use_cache=True,
     )
@@ -482,8 +453,8 @@ def sample_responses(
     prompt_len = ids.shape[1]
     responses = out[:, prompt_len:]
     if responses.shape[1] == 0:  # every prompt hit max length at once; keep a 1-token layout
-        responses = torch.full((ids.shape[0], 1), eos_id, dtype=torch.long, device=device)
-    resp_mask, has_eos = response_mask_from_eos(responses, eos_id)
+        responses = torch.full((ids.shape[0], 1), eos_ids[0], dtype=torch.long, device=device)
+    resp_mask, has_eos = response_mask_from_eos(responses, eos_ids)
     responses = torch.where(resp_mask.bool(), responses, torch.full_like(responses, pad_id))
     texts = [tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(responses, resp_mask)]
     return Samples(

@@ -14,26 +14,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from app.models.prompts import DEFAULT_SAMPLING
+from trainer.config import EvalConfig, with_sampling
 
 from .common import PromptLike, model_device, prompt_text, response_logprobs, sample_responses
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class EvalParams:
-    """Sampling settings of the evaluation (use the PPO stage's temperature)."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_p: float = 1.0
-    batch_size: int = 16
-    max_prompt_length: int = 512
-    seed: int = 1234
+EvalParams = EvalConfig  # the evaluation's settings (trainer/config.py)
 
 
 @torch.no_grad()
@@ -43,21 +37,25 @@ def evaluate_policies(
     rm_score_fn: Callable[[list[str], list[str]], torch.Tensor],
     tokenizer,
     prompts: Sequence[PromptLike],
-    params: EvalParams | None = None,
-) -> dict[str, float]:
+    params: EvalConfig | None = None,
+) -> dict[str, Any]:
     """Win rate of ``new_policy`` over ``prev_policy`` under the RM, mean scores and KL.
 
-    ``rm_score_fn(prompt_texts, response_texts)`` is the same shape as PPO's reward_fn
-    (``trainer.stages.reward.reward_fn_from_model``). Returns ``win_rate``,
-    ``mean_score_new``, ``mean_score_prev``, ``kl_from_prev`` and ``n`` (prompts).
+    Each prompt is sampled ``samples_per_prompt`` times by each policy, pair ``j`` of a
+    prompt with the same seed. ``rm_score_fn(prompt_texts, response_texts)`` is PPO's
+    reward_fn shape (``trainer.stages.reward.reward_fn_from_model``). Returns
+    ``win_rate``, ``mean_score_new``, ``mean_score_prev``, ``kl_from_prev``, ``n``
+    (prompts), ``samples`` (pairs) and the per-pair lists the gates read:
+    ``score_deltas`` (new - prev), ``wins`` (1, 0.5, 0) and ``kls``.
     """
-    params = params or EvalParams()
+    params = with_sampling(params or EvalConfig(), DEFAULT_SAMPLING)
     if not prompts:
         raise ValueError("evaluation needs at least one prompt")
     rendered = [prompt_text(tokenizer, p) for p in prompts]
+    rows = [text for text in rendered for _ in range(params.samples_per_prompt)]
     new_scores, prev_scores, kls = [], [], []
-    for i in range(0, len(rendered), params.batch_size):
-        chunk = rendered[i : i + params.batch_size]
+    for i in range(0, len(rows), params.batch_size):
+        chunk = rows[i : i + params.batch_size]
         seed = params.seed + i
         kwargs = dict(
             max_new_tokens=params.max_new_tokens,
@@ -78,14 +76,18 @@ def evaluate_policies(
 
     s_new, s_prev, kl = torch.cat(new_scores), torch.cat(prev_scores), torch.cat(kls)
     wins = (s_new > s_prev).float() + 0.5 * (s_new == s_prev).float()
-    result = {
+    result: dict[str, Any] = {
         "win_rate": float(wins.mean()),
         "mean_score_new": float(s_new.mean()),
         "mean_score_prev": float(s_prev.mean()),
         "kl_from_prev": float(kl.mean()),
         "n": float(len(rendered)),
+        "samples": float(len(rows)),
+        "score_deltas": (s_new - s_prev).tolist(),
+        "wins": wins.tolist(),
+        "kls": kl.tolist(),
     }
-    logger.info("evaluation: %s", result)
+    logger.info("evaluation: %s", {k: v for k, v in result.items() if not isinstance(v, list)})
     return result
 
 

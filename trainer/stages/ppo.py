@@ -33,6 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from app.models.prompts import DEFAULT_SAMPLING
+from trainer.config import PPOConfig, derive_ppo_iterations, with_sampling
+
 from .common import (
     PromptLike,
     Samples,
@@ -61,61 +64,6 @@ from .sft import SFTExample, collate_sft, completion_loss, encode_sft_example
 logger = logging.getLogger(__name__)
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]
-
-
-@dataclass
-class PPOConfig:
-    """Hyper-parameters of the PPO stage.
-
-    ``rollout_batch_size`` prompts are sampled per iteration and process; the update runs
-    ``ppo_epochs`` passes over minibatches of ``minibatch_size`` (each optionally split
-    into micro-batches of ``micro_batch_size`` for memory). ``total_episodes``, when set,
-    overrides ``iterations`` (``ceil(total_episodes / (rollout_batch_size * processes))``).
-    ``missing_eos_penalty`` is *added* to the score of a response without EOS, so it must
-    be negative or None (off).
-    """
-
-    lr: float = 3e-6
-    value_lr: float | None = None
-    kl_coef: float = 0.02
-    adaptive_kl: bool = False
-    target_kl: float = 6.0
-    horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    ppo_epochs: int = 4
-    rollout_batch_size: int = 16
-    minibatch_size: int = 4
-    micro_batch_size: int | None = None
-    iterations: int = 10
-    total_episodes: int | None = None
-    max_new_tokens: int = 64
-    max_prompt_length: int = 512
-    temperature: float = 0.7
-    top_p: float = 1.0
-    missing_eos_penalty: float | None = -1.0
-    whiten_advantages: bool = True
-    whiten_rewards: bool = False
-    ptx_coef: float = 0.0
-    ptx_batch_size: int = 4
-    ptx_max_length: int = 1024
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.missing_eos_penalty is not None and self.missing_eos_penalty > 0:
-            raise ValueError("missing_eos_penalty is added to the score: use a negative value (or None)")
-        if self.temperature <= 0:
-            raise ValueError("PPO samples: temperature must be > 0")
-        micro = self.micro_batch_size or self.minibatch_size
-        if self.minibatch_size % micro:
-            raise ValueError("minibatch_size must be a multiple of micro_batch_size")
-        if self.rollout_batch_size % self.minibatch_size:
-            raise ValueError("rollout_batch_size must be a multiple of minibatch_size")
 
 
 class PolicyAndValue(nn.Module):
@@ -224,14 +172,13 @@ def train_ppo(
     metrics plus ``score_first``, ``iterations``, ``episodes``, ``seconds`` and
     ``final_kl_coef`` (the adaptive controller's beta after the last update).
     """
-    config = config or PPOConfig()
+    config = with_sampling(config or PPOConfig(), DEFAULT_SAMPLING)
     if not prompts:
         raise ValueError("PPO needs at least one prompt")
     accelerator = get_accelerator(accelerator)
     seed_everything(config.seed, accelerator)
     pad_id = pad_token_id(tokenizer)
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
+    if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
 
     for m in (policy, ref_policy, value_model):
@@ -268,9 +215,7 @@ def train_ppo(
         ptx_batches = _ptx_stream(enc, config.ptx_batch_size, config.seed + 1, pad_id)
 
     world_batch = config.rollout_batch_size * accelerator.num_processes
-    iterations = config.iterations
-    if config.total_episodes is not None:
-        iterations = max(1, math.ceil(config.total_episodes / world_batch))
+    iterations = derive_ppo_iterations(config, len(prompts), accelerator.num_processes)
     kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.horizon)
     temp = config.temperature
 

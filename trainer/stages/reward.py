@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.config import RMConfig, epochs_for
+
 from .common import (
     Message,
     PromptLike,
@@ -216,26 +218,6 @@ class RankingExample:
     all_unacceptable: bool = False
 
 
-@dataclass
-class RMConfig:
-    """Hyper-parameters of the RM stage. ``mode="pairwise"`` exists for the benchmark."""
-
-    lr: float = 1e-5
-    epochs: int = 1
-    rankings_per_batch: int = 8
-    grad_accum: int = 1
-    max_length: int = 1024
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    lr_schedule: str = "cosine"
-    max_grad_norm: float = 1.0
-    eval_rankings_per_batch: int = 8
-    mode: str = "kway"  # "kway": K forwards per ranking; "pairwise": 2 per pair (benchmark only)
-    unacceptable: str = "keep"  # "keep" | "skip" for rankings flagged all_unacceptable
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def pairs_from_ranking(ranking: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
     """Ordered ``(winner, loser)`` pairs a best-first grouped ranking implies.
 
@@ -399,13 +381,21 @@ def train_reward_model(
         weight_decay=config.weight_decay,
         betas=(0.9, 0.95),
     )
+    val_usable = [ex for ex in val if _usable(ex, config)]
+    # With held-out rankings: up to `epochs` passes, stopped by patience once past the step
+    # floor. Without: as many passes as the step floor needs, at most `epochs`.
+    max_epochs = config.epochs if val_usable else epochs_for(
+        len(usable), config.rankings_per_batch, config.grad_accum, 1, config.min_steps, config.epochs
+    )
     model, optimizer, loader, scheduler = prepare_supervised(
-        accelerator, rm, optimizer, loader, grad_accum=config.grad_accum, epochs=config.epochs,
+        accelerator, rm, optimizer, loader, grad_accum=config.grad_accum, epochs=max_epochs,
         warmup_ratio=config.warmup_ratio, schedule=config.lr_schedule,
     )
 
     metrics: dict[str, float] = {"rankings_skipped": float(skipped)}
-    val_usable = [ex for ex in val if _usable(ex, config)]
+    best: tuple[float, float] | None = None  # (accuracy, -loss) of the kept epoch
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch = 0
     if val_usable:
         before = evaluate_rankings(model, tokenizer, val_usable, config, accelerator)
         metrics["val_accuracy_before"] = before["accuracy"]
@@ -413,8 +403,10 @@ def train_reward_model(
 
     step = 0
     rows_seen = pairs_seen = rankings_seen = 0
+    epochs_run = 0
+    stale = 0
     start = time.perf_counter()
-    for epoch in range(config.epochs):
+    for epoch in range(max_epochs):
         model.train()
         epoch_stats = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss*n, n, correct, pairs
         window = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
@@ -448,7 +440,27 @@ def train_reward_model(
                     logged["grad_norm"] = float(grad_norm)
                 emit(on_step, "reward", step, logged)
                 window.zero_()
+        epochs_run = epoch + 1
+        if not val_usable:
+            continue
+        held = evaluate_rankings(model, tokenizer, val_usable, config, accelerator)
+        emit(on_step, "reward", step, {"val_accuracy": held["accuracy"], "val_loss": held["loss"], "epoch": epochs_run})
+        score_key = (held["accuracy"], -held["loss"])
+        if best is None or score_key > best:
+            best, best_epoch, stale = score_key, epochs_run, 0
+            if epochs_run < max_epochs:  # the last epoch's weights are the model itself
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            else:
+                best_state = None
+        else:
+            stale += 1
+        if stale >= config.patience and step >= config.min_steps:
+            break
     elapsed = time.perf_counter() - start
+    if best_state is not None and best_epoch != epochs_run:
+        accelerator.unwrap_model(model).load_state_dict(best_state)
+        logger.info("RM: kept epoch %d of %d (best held-out accuracy)", best_epoch, epochs_run)
+    del best_state
 
     totals = accelerator.reduce(epoch_stats, reduction="sum")
     counts = accelerator.reduce(
@@ -463,12 +475,14 @@ def train_reward_model(
         forward_rows=float(counts[2]),
         comparisons_per_s=float(counts[0]) / max(elapsed, 1e-9),
         steps=float(step),
+        epochs_run=float(epochs_run),
+        best_epoch=float(best_epoch or epochs_run),
         seconds=elapsed,
     )
     if val_usable:
         after = evaluate_rankings(model, tokenizer, val_usable, config, accelerator)
-        metrics.update(val_accuracy=after["accuracy"], val_loss=after["loss"], val_pairs=after["pairs"])
-        emit(on_step, "reward", step, {"val_accuracy": after["accuracy"], "val_loss": after["loss"]})
+        metrics.update(val_accuracy=after["accuracy"], val_loss=after["loss"], val_pairs=after["pairs"],
+                       val_rankings=after["rankings"])
     rm.eval()
     logger.info("RM done: %s", metrics)
     return metrics

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from trainer.config import SFTConfig, epochs_for
+
 from .common import (
     IGNORE_INDEX,
     Message,
@@ -47,23 +49,6 @@ class SFTExample:
     prompt: str | None
     messages: list[Message] | None
     completion: str
-
-
-@dataclass
-class SFTConfig:
-    """Hyper-parameters of the SFT stage (InstructGPT: cosine decay; we keep dropout off)."""
-
-    lr: float = 2e-5
-    epochs: int = 1
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 1024
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    lr_schedule: str = "cosine"  # constant | linear | cosine
-    max_grad_norm: float = 1.0
-    eval_batch_size: int = 8
-    seed: int = 0
 
 
 def encode_sft_example(tokenizer, example: SFTExample, max_length: int) -> tuple[list[int], list[int]]:
@@ -131,8 +116,13 @@ def train_sft(
     accelerator=None,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    epoch_states: list[dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``model`` (a causal LM, trained in place) on demonstrations.
+
+    The passes are ``config.epochs``, raised (up to ``max_epochs``) until the optimizer
+    steps reach ``min_steps``. When ``epoch_states`` is a list, a CPU copy of the weights
+    after each epoch is appended to it (for choosing the epoch by reward afterwards).
 
     Returns ``train_loss`` (token-weighted mean over the last epoch), ``val_loss_before``
     and ``val_loss_after`` (only when ``val`` is non-empty), ``steps`` (optimizer steps),
@@ -164,12 +154,15 @@ def train_sft(
         lr=config.lr,
         betas=(0.9, 0.95),
     )
+    epochs = epochs_for(
+        len(encoded), config.batch_size, config.grad_accum, config.epochs, config.min_steps, config.max_epochs
+    )
     model, optimizer, loader, scheduler = prepare_supervised(
-        accelerator, model, optimizer, loader, grad_accum=config.grad_accum, epochs=config.epochs,
+        accelerator, model, optimizer, loader, grad_accum=config.grad_accum, epochs=epochs,
         warmup_ratio=config.warmup_ratio, schedule=config.lr_schedule,
     )
 
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {"epochs": float(epochs)}
     if val:
         metrics["val_loss_before"] = evaluate_sft_loss(model, tokenizer, val, config, accelerator)
         emit(on_step, "sft", 0, {"val_loss": metrics["val_loss_before"]})
@@ -180,7 +173,7 @@ def train_sft(
     start = time.perf_counter()
     epoch_loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     window = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for epoch in range(config.epochs):
+    for epoch in range(epochs):
         model.train()
         epoch_loss.zero_()
         for batch in loader:
@@ -206,6 +199,9 @@ def train_sft(
                     logged["grad_norm"] = float(grad_norm)
                 emit(on_step, "sft", step, logged)
                 window.zero_()
+        if epoch_states is not None:
+            weights = accelerator.unwrap_model(model).state_dict()
+            epoch_states.append({k: v.detach().to("cpu", copy=True) for k, v in weights.items()})
     elapsed = time.perf_counter() - start
 
     epoch_total = accelerator.reduce(epoch_loss, reduction="sum")

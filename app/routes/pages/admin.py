@@ -21,7 +21,7 @@ from starlette.datastructures import FormData, UploadFile
 from app.deps import DB, PageAdmin, Principal, verify_form_csrf
 from app.models import Completion, Policy, Prompt, PromptSet, TrainingRun, User
 from app.models.prompts import PROMPT_SET_STATUSES
-from app.models.training import STAGES
+from app.models.training import DEFAULT_STAGES, STAGES
 from app.services import (
     audit,
     audit_view,
@@ -435,7 +435,7 @@ def _runs_page(request: Request, db: Session, principal: Principal, status: int 
         versions={p.id: p.version for p in policies.list_policies(db)},
         stages=STAGES,
         config_keys=list(training.ROUND_CONFIG.values()),
-        **{"chosen_sets": [], "chosen_stages": list(STAGES), "deploy_checked": False, "config_text": "", **ctx},
+        **{"chosen_sets": [], "chosen_stages": list(DEFAULT_STAGES), "deploy_checked": False, "config_text": "", **ctx},
     )
 
 

@@ -1,0 +1,125 @@
+"""The one prompting pipeline: how a prompt becomes the token ids a policy continues, and
+which token ids end a response.
+
+Labeling samples (trainer/generation.py, both backends), PPO rollouts, the evaluation,
+SFT and the reward model all go through these functions, so the policy is trained on
+and judged by exactly what labelers were shown:
+
+* :func:`render_prompt` applies the chat template (with the generation prompt), or, for a
+  tokenizer without one, uses the raw prompt, or the messages as ``role: content`` lines;
+* :func:`encode_rendered` tokenises a rendered prompt (special tokens only for raw text:
+  a chat template already carries its BOS);
+* :func:`prompt_token_limit` and :func:`encode_prompt` keep the last tokens of a prompt
+  that would not leave room for the response;
+* :func:`eos_token_ids` is the stop set: the tokenizer's EOS and every EOS of the
+  checkpoint's generation config (SmolLM2 ends chat turns with ``<|im_end|>``).
+
+No torch here: it works on tokenizers and configs only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, str]
+PromptLike = Any
+"""A prompt in any of the shapes the stages accept: a plain string, a list of chat
+messages, a ``(prompt, messages)`` tuple, or an object with ``.prompt``/``.messages``
+attributes (``SFTExample``, ``RankingExample``, ``GenRequest``)."""
+
+
+def render_prompt(tokenizer: Any, prompt: str | None, messages: Sequence[Message] | None) -> str:
+    """The text the model sees before its response.
+
+    With a chat template the conversation (``messages``, else ``prompt`` as one user turn)
+    is rendered with the generation prompt (``<|im_start|>assistant\\n`` for SmolLM2);
+    without one, the raw prompt, or the messages joined as ``role: content`` lines.
+    """
+    if messages is None and prompt is None:
+        raise ValueError("a prompt needs either `prompt` or `messages`")
+    if messages is not None:
+        msgs = [dict(m) for m in messages]
+        if msgs and msgs[-1].get("role") == "assistant":
+            raise ValueError("`messages` must end before the assistant turn to be trained or sampled")
+    else:
+        msgs = [{"role": "user", "content": prompt or ""}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    if messages is None:
+        return prompt or ""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in msgs)
+
+
+def prompt_text(tokenizer: Any, item: PromptLike) -> str:
+    """Render any :data:`PromptLike` with :func:`render_prompt`."""
+    if isinstance(item, str):
+        return render_prompt(tokenizer, item, None)
+    if isinstance(item, list):
+        return render_prompt(tokenizer, None, item)
+    if isinstance(item, tuple):
+        prompt, messages = item
+        return render_prompt(tokenizer, prompt, messages)
+    if hasattr(item, "prompt") or hasattr(item, "messages"):
+        return render_prompt(tokenizer, getattr(item, "prompt", None), getattr(item, "messages", None))
+    raise TypeError(f"cannot read a prompt from {type(item).__name__}")
+
+
+def encode_rendered(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered prompt; BOS etc. are added only when there is no chat template."""
+    add_special = not bool(getattr(tokenizer, "chat_template", None))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def prompt_token_limit(model_config: Any, max_new_tokens: int, max_prompt_length: int | None = None) -> int | None:
+    """The most prompt tokens that leave room for ``max_new_tokens`` in the model's context
+    (and at most ``max_prompt_length`` when given); None when nothing limits it."""
+    limits = []
+    context = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None
+    if context:
+        limits.append(max(1, int(context) - int(max_new_tokens)))
+    if max_prompt_length:
+        limits.append(int(max_prompt_length))
+    return min(limits) if limits else None
+
+
+def encode_prompt(tokenizer: Any, text: str, limit: int | None = None, key: Any = None) -> list[int]:
+    """Token ids of a rendered prompt, keeping its last ``limit`` tokens."""
+    ids = encode_rendered(tokenizer, text)
+    if limit is not None and len(ids) > limit:
+        logger.warning("prompt %r has %d tokens; keeping the last %d", key, len(ids), limit)
+        ids = ids[-limit:]
+    if not ids:
+        raise ValueError(f"prompt {key!r} encodes to zero tokens")
+    return ids
+
+
+def _as_ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in ([value] if isinstance(value, int) else value)]
+
+
+def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Every token id that ends a response: the generation config's EOS ids and the tokenizer's.
+
+    ``generation_config`` may be a ``GenerationConfig``, a model (its ``generation_config``
+    is used), a policy directory (its ``generation_config.json``) or None.
+    """
+    ids: list[int] = []
+    if isinstance(generation_config, str | Path):
+        path = Path(generation_config) / "generation_config.json"
+        if path.is_file():
+            ids += _as_ids(json.loads(path.read_text(encoding="utf-8")).get("eos_token_id"))
+    elif generation_config is not None:
+        cfg = getattr(generation_config, "generation_config", generation_config)
+        ids += _as_ids(getattr(cfg, "eos_token_id", None))
+    ids += _as_ids(getattr(tokenizer, "eos_token_id", None))
+    if not ids:
+        raise ValueError("the policy defines no EOS token; cannot tell when to stop")
+    return sorted(set(ids))
