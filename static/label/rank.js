@@ -25,7 +25,8 @@ export function createMode({ cfg, changed }) {
       el("span", { class: "likert-label muted" }, "Quality"));
     const likertBtns = [];
     for (let n = 1; n <= R.LIKERT_MAX; n++) {
-      const b = el("button", { type: "button", class: "likert-btn", "data-value": String(n), "aria-pressed": "false", title: n === 1 ? "1 · very bad" : n === R.LIKERT_MAX ? "7 · excellent" : String(n), onclick: () => act.rate(n) }, String(n));
+      const title = n === 1 ? "1 · very bad" : n === R.LIKERT_MAX ? "7 · excellent" : String(n);
+      const b = el("button", { type: "button", class: "likert-btn", "data-value": String(n), "aria-pressed": "false", title, onclick: () => act.rate(n) }, String(n));
       likertBtns.push(b);
       likert.append(b);
     }
