@@ -259,3 +259,145 @@ def test_a_paused_set_says_so(page, live_server, labeler, database, status) -> N
     assert page.locator(f".set-card[data-set-id='{set_id}']").count() == 0
     page.goto(f"{live_server}/label/{set_id}/rank")
     assert "This set is paused" in page.locator("#set-inactive").inner_text()
+
+
+def test_the_ranking_state_drives_the_cards_and_the_submission(page, live_server, labeler, database) -> None:
+    """static/label/: the cards render from one state object. Keys change the state, a reload
+    restores it from the draft, cards tampered with are redrawn from it on the next change,
+    and the submitted body is built from it, not read back from the cards."""
+    with database.session() as db:
+        ps, _, _ = ready_set(db, "state", n_prompts=2, k=4)
+        set_id = ps.id
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))  # an uncaught exception in a module
+    page.on("response", lambda r: errors.append(r.url) if r.status >= 400 and "/static/" in r.url else None)
+    browser_login(page, live_server, labeler.username)
+    page.goto(f"{live_server}/label/{set_id}/rank")
+    a, b, c, d = _wait_for_cards(page)
+    kb = page.keyboard
+    kb.press("3")  # a to position 3: b c a d
+    kb.press("j")  # focus d
+    kb.press("1")  # d to the top: d b c a
+    kb.press("j")  # focus b
+    kb.press("=")  # tie b with d: [d b] c a
+    kb.press("Shift+Digit2")  # b: Likert 2
+    cards = page.locator("#cards > li")
+    cards.nth(3).locator(".flag", has_text="Made-up facts").click()  # a: flagged
+
+    def drawn() -> list[list]:  # per card, top to bottom: id, rank badge, Likert pressed, flags checked
+        return page.eval_on_selector_all(
+            "#cards > li",
+            """els => els.map((li) => [
+              li.dataset.id,
+              li.querySelector('.rank-badge').textContent,
+              li.querySelector(".likert-btn[aria-pressed='true']")?.dataset.value ?? null,
+              [...li.querySelectorAll('.flags input:checked')].map((i) => i.name),
+            ])""",
+        )
+
+    expected = [[d, "1", None, []], [b, "1", "2", []], [c, "2", None, []], [a, "3", None, ["made_up_facts"]]]
+    assert drawn() == expected
+    assert cards.nth(1).locator(".tie-btn").get_attribute("aria-pressed") == "true"
+
+    page.reload()  # the same task comes back, drawn from the draft
+    assert _wait_for_cards(page) == [d, b, c, a]
+    assert drawn() == expected
+
+    # Scramble the cards behind the state's back: order, data attributes, checkboxes.
+    page.evaluate(
+        """() => {
+          const list = document.getElementById('cards');
+          [...list.children].reverse().forEach((li) => list.append(li));
+          list.querySelectorAll('li').forEach((li) => { li.dataset.tie = '1'; li.dataset.likert = '7'; });
+          list.querySelectorAll('.flags input').forEach((i) => { i.checked = true; });
+        }"""
+    )
+    assert _ids(page) == [a, c, b, d]
+    page.locator(f"#cards > li[data-id='{c}']").focus()
+    kb.press("Shift+Digit5")  # c: Likert 5, and the next render puts everything back
+    expected[2][2] = "5"
+    assert drawn() == expected
+
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/ranking")) as sent:
+        kb.press("Control+Enter")
+    body = sent.value.post_data_json
+    assert body["ranking"] == [[int(d), int(b)], [int(c)], [int(a)]]
+    assert body["ratings"] == {
+        b: {"likert": 2, "flags": []},
+        c: {"likert": 5, "flags": []},
+        a: {"likert": None, "flags": ["made_up_facts"]},
+    }
+    assert body["all_unacceptable"] is False and body["comment"] == "" and body["time_spent_s"] >= 0
+    _wait_for_new_task(page, [a, b, c, d])
+    (row,) = _rankings(database)
+    assert row.ranking == [sorted([int(d), int(b)]), [int(c)], [int(a)]]
+    assert errors == []
+
+
+def test_the_ranking_model_is_plain_functions_over_one_state(page, live_server) -> None:
+    """static/label/ranking.js works without a DOM: moves keep the group a card leaves and
+    split the one it lands in, ties and ratings toggle, states are never mutated, and a
+    saved answer is checked before it is restored."""
+    page.goto(f"{live_server}/login")
+    got = page.evaluate(
+        """async () => {
+          const R = await import('/static/label/ranking.js');
+          const s = R.toggleTie(R.toggleTie(R.initial([1, 2, 3, 4, 5]), 2), 3);  // [1 2 3] 4 5
+          const rated = R.rate(R.rate(s, 4, 6), 4, 6);
+          return {
+            tied: R.groups(s),
+            leaveHead: R.groups(R.move(s, 1, 4)),
+            leaveMiddle: R.groups(R.move(s, 2, 4)),
+            split: R.groups(R.move(s, 5, 1)),
+            topTie: R.toggleTie(s, 1) === s,
+            untouched: R.groups(s),
+            cleared: rated.ratings,
+            restored: R.toAnswer(R.fromAnswer([1, 2, 3, 4, 5], {
+              ranking: [[9], [1, 2, 3, 4, 5]],
+              ratings: { 2: { likert: 9, flags: ['x', 'harm'] }, 7: { likert: 3, flags: [] } },
+              all_unacceptable: true,
+            }, ['harm']), ['harm']),
+            roundTrip: R.toAnswer(R.fromAnswer([1, 2, 3], {
+              ranking: [[3], [1, 2]], ratings: { 1: { likert: 4, flags: [] } },
+            }, [])),
+          };
+        }"""
+    )
+    assert got["tied"] == [[1, 2, 3], [4], [5]]
+    assert got["leaveHead"] == [[2, 3], [4], [5], [1]]
+    assert got["leaveMiddle"] == [[1, 3], [4], [5], [2]]
+    assert got["split"] == [[1], [5], [2, 3], [4]]
+    assert got["topTie"] is True and got["untouched"] == [[1, 2, 3], [4], [5]]
+    assert got["cleared"] == {}
+    assert got["restored"] == {
+        "ranking": [[1], [2], [3], [4], [5]],
+        "ratings": {"2": {"likert": None, "flags": ["harm"]}},
+        "all_unacceptable": True,
+        "comment": "",
+    }
+    assert got["roundTrip"] == {
+        "ranking": [[3], [1, 2]],
+        "ratings": {"1": {"likert": 4, "flags": []}},
+        "all_unacceptable": False,
+        "comment": "",
+    }
+
+
+def test_a_demonstration_draft_survives_a_reload(page, live_server, labeler, database) -> None:
+    with database.session() as db:
+        ps = make_prompt_set(db, "demo drafts", k=2, demonstration_share=1.0)
+        make_prompts(db, ps, ["Explain WAL in one line."], wants_demonstration=True)
+        set_id = ps.id
+    browser_login(page, live_server, labeler.username)
+    page.goto(f"{live_server}/label/{set_id}/demonstrate")
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'demo-text'")
+    page.keyboard.type("Write ahead, then apply.")
+    page.reload()
+    page.wait_for_selector("#demo-text")
+    assert page.locator("#demo-text").input_value() == "Write ahead, then apply."
+    assert page.locator("#char-count").inner_text() == "24 / 20,000"
+    page.fill("#demo-text", "   ")
+    page.click(".submit-btn")
+    assert "empty" in page.locator(".submit-error").inner_text()
+    with database.session() as db:
+        assert db.scalars(select(Demonstration)).all() == []
