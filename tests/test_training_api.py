@@ -49,7 +49,9 @@ def test_create_round_and_read_it_back(client, database, admin) -> None:
         assert entry is not None and entry.actor_id == admin.id and entry.target_id == str(run_id)
 
     keys = {k["name"]: k for k in client.get("/api/v1/training/config", headers=admin.headers).json()}
-    assert keys["sft_epochs"]["default"] == 1 and keys["rm_unacceptable"]["choices"] == ["keep", "skip"]
+    from trainer.config import SFTConfig
+
+    assert keys["sft_epochs"]["default"] == SFTConfig().epochs and keys["rm_unacceptable"]["choices"] == ["keep", "skip"]
 
 
 def test_bad_rounds_are_refused_with_422(client, database, admin) -> None:
@@ -57,7 +59,9 @@ def test_bad_rounds_are_refused_with_422(client, database, admin) -> None:
     cases = [
         ({"prompt_set_ids": [set_id, 999]}, "prompt set(s) 999 do not exist"),
         ({"prompt_set_ids": []}, None),
-        ({"prompt_set_ids": [set_id], "stages": ["dpo"]}, None),
+        ({"prompt_set_ids": [set_id], "stages": ["warp"]}, None),
+        ({"prompt_set_ids": [set_id], "stages": ["sft", "ppo", "dpo"]}, "choose one of ppo or dpo"),
+        ({"prompt_set_ids": [set_id], "deploy": "maybe"}, None),
         ({"prompt_set_ids": [set_id], "stages": []}, "at least one stage"),
         ({"prompt_set_ids": [set_id], "config": {"sft_lr": 1e-5, "warp_speed": 9}}, "unknown config key(s): warp_speed"),
         ({"prompt_set_ids": [set_id], "config": {"sft_epochs": "two"}}, "sft_epochs must be a number"),

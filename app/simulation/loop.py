@@ -86,6 +86,7 @@ class Simulation:
         self.progress = progress or (lambda msg: log.info(msg))
         self.rng = random.Random(cfg.seed)
         self.rows: list[RoundRow] = []
+        self.runs: list[dict[str, Any]] = []  # every training run's final state, in order
         sets = [s for s in self.admin.prompt_sets() if s["name"] == cfg.prompt_set]
         if not sets:
             raise ValueError(f"no prompt set named {cfg.prompt_set!r}")
@@ -260,9 +261,16 @@ class Simulation:
             if round_no == self.cfg.rounds:
                 break
             run = self.train()
+            self.runs.append(run)
+            summary = run.get("error") or (run.get("metrics") or {}).get("summary") or "no new policy"
             if run["status"] != "succeeded" or not run.get("policy_id"):
-                summary = run.get("error") or (run.get("metrics") or {}).get("summary") or "no new policy"
                 rows[-1].note = f"training run {run['id']} {run['status']}: {summary}"
+                self.progress(rows[-1].note)
+                break
+            if not (run.get("metrics") or {}).get("deployed"):
+                # The deploy gate kept the parent: its completions are ranked already, so
+                # another pass would add no data. The loop ends here and says why.
+                rows[-1].note = f"training run {run['id']}: {summary}"
                 self.progress(rows[-1].note)
                 break
             prev_id = policy["id"]

@@ -1,0 +1,350 @@
+"""Does a round learn with its defaults? The loop, measured on SmolLM2-135M.
+
+Each scenario is a fresh installation (SQLite, its own data directory): ``rlhf serve``
+and ``rlhf worker`` as subprocesses, a prompt set drawn from the demo prompts with the
+set's default sampling, and simulated labelers (app/simulation) that rank through the
+real HTTP API with a scripted preference. Rounds start with ``deploy: true`` and **no
+config**: the defaults a user gets from "Start training round". Per round it records
+
+* the preference's mean score over the policy's validation completions (the ones the
+  sampler wrote for labeling), with its standard error;
+* the win rate against v0 under the preference (pairs of completions of the same
+  validation prompt, ties one half) with a Wilson interval;
+* KL from v0 (the trainer's evaluation), the RM's held-out accuracy, what each gate
+  decided and why, and the wall time of each stage.
+
+It writes docs/learning.md (tables and discussion placeholders are filled from the
+figures), docs/learning.csv and docs/learning.png.
+
+    python bench/learning.py                       # the default matrix (CPU, about an hour per scenario)
+    python bench/learning.py --scenarios concise,key_term --parallel 2 --threads 1
+    python bench/learning.py --full                # adds labeler noise and DPO (for a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.simulation.loop import Simulation, SimulationConfig  # noqa: E402
+from app.simulation.preferences import load_preference  # noqa: E402
+from trainer.gates import mean_interval, wilson_interval  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    preference: str
+    flip_prob: float = 0.0
+    stages: tuple[str, ...] | None = None  # None: the default sft, rm, ppo
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {}  # the defaults, always: this benchmark measures what a user gets
+
+
+SCENARIOS = {
+    "concise": Scenario("concise", "concise"),
+    "key_term": Scenario("key_term", "key_term"),
+    "concise_noise": Scenario("concise_noise", "concise", flip_prob=0.2),
+    "concise_dpo": Scenario("concise_dpo", "concise", stages=("sft", "dpo")),
+    "key_term_dpo": Scenario("key_term_dpo", "key_term", stages=("sft", "dpo")),
+    "key_term_noise": Scenario("key_term_noise", "key_term", flip_prob=0.2),
+}
+DEFAULT = ["concise", "key_term", "concise_noise", "concise_dpo"]
+FULL = list(SCENARIOS)
+
+
+@dataclass
+class RoundFigures:
+    scenario: str
+    round: int
+    policy: str
+    score: float
+    score_se: float
+    completions: int
+    win_vs_v0: float | None
+    win_low: float | None
+    win_high: float | None
+    kl_from_v0: float | None
+    rm_accuracy: float | None
+    rm_gate: str
+    deploy_gate: str
+    deployed: bool
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    run_seconds: float | None = None
+    note: str = ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rlhf(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT, input=stdin, text=True, capture_output=True,
+        check=True,
+    )
+    return out.stdout
+
+
+def _prompts(n: int, validation: int) -> list[dict[str, str]]:
+    rows = [json.loads(line) for line in (ROOT / "app/demo/demo_prompts.jsonl").read_text().splitlines() if line]
+    val = [r for r in rows if r.get("split") == "validation"][:validation]
+    train = [r for r in rows if r.get("split") != "validation"][: n - len(val)]
+    return [{"prompt": r["prompt"], "split": "train"} for r in train] + [
+        {"prompt": r["prompt"], "split": "validation"} for r in val
+    ]
+
+
+def _v0_dir(cache: Path) -> Path:
+    """SmolLM2-135M-Instruct converted once (bootstrap), shared by every scenario."""
+    target = cache / "smollm2-v0"
+    if not (target / "config.json").is_file():
+        env = {**os.environ, "RLHF_DATA_DIR": str(cache / "convert")}
+        _rlhf(env, "db", "upgrade")
+        _rlhf(env, "policy", "bootstrap")
+        shutil.copytree(cache / "convert" / "artifacts" / "policies" / "v0", target)
+    return target
+
+
+def run_scenario(sc: Scenario, args: argparse.Namespace, v0: Path, log) -> list[RoundFigures]:  # type: ignore[no-untyped-def]
+    work = Path(args.work) / sc.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = {
+        **os.environ, "RLHF_DATA_DIR": str(work / "data"), "RLHF_TORCH_THREADS": str(args.threads),
+        "RLHF_SAMPLER_BATCH_SIZE": str(args.sampler_batch), "PYTHONUNBUFFERED": "1",
+    }
+    _rlhf(env, "db", "upgrade")
+    _rlhf(env, "policy", "bootstrap", "--base", str(v0))
+    _rlhf(env, "users", "create", "benchadmin", "--role", "admin", stdin="bench-admin-password\nbench-admin-password\n")
+    token = _rlhf(env, "tokens", "create", "benchadmin").strip().splitlines()[-1]
+    port = _free_port()
+    logs = (work / "server.log").open("w"), (work / "worker.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
+                              stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, cwd=ROOT,
+                              stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"}
+        for _ in range(120):
+            try:
+                if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        body = {"name": "bench", "k": 4, "overlap": 1, "demonstration_share": args.demonstration_share,
+                "sampling": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": args.max_new_tokens}}
+        set_id = httpx.post(f"{url}/api/v1/prompt-sets", json=body, headers=headers, timeout=30).raise_for_status().json()["id"]
+        httpx.post(f"{url}/api/v1/prompt-sets/{set_id}/prompts", json={"prompts": _prompts(args.prompts, args.validation)},
+                   headers=headers, timeout=60).raise_for_status()
+        cfg = SimulationConfig(
+            url=url, token=token, prompt_set="bench", labelers=args.labelers, rounds=args.rounds,
+            preference=sc.preference, demonstrations=args.demonstrations, flip_prob=sc.flip_prob, seed=args.seed,
+            out_dir=work / "sim", train_config=sc.config, idle_timeout_s=1800, round_timeout_s=4 * 3600,
+        )
+        sim = Simulation(cfg, progress=lambda m: log(f"[{sc.name}] {m}"))
+        if sc.stages is not None:
+            start_round = sim.admin.start_round
+
+            def with_stages(ids, deploy=True, config=None):  # type: ignore[no-untyped-def]
+                body = {"prompt_set_ids": ids, "deploy": deploy, "config": config or {}, "stages": list(sc.stages)}
+                return sim.admin.post("/training/rounds", body).json()["run_id"]
+
+            sim.admin.start_round = with_stages  # type: ignore[method-assign]
+            del start_round
+        try:
+            rows = sim.run()
+        finally:
+            figures = _figures(sc, sim, sim.rows)
+            sim.close()
+        del rows
+        log(f"[{sc.name}] done in {(time.monotonic() - started) / 60:.1f} min")
+        return figures
+    finally:
+        for proc in (worker, server):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for f in logs:
+            f.close()
+
+
+def _figures(sc: Scenario, sim: Simulation, rows: list[Any]) -> list[RoundFigures]:
+    preference = load_preference(sc.preference)
+    out: list[RoundFigures] = []
+    v0_samples = sim._validation(rows[0].policy_id) if rows else {}
+    for i, row in enumerate(rows):
+        samples = sim._validation(row.policy_id)
+        scores = [preference(c["prompt"], c["text"]) for cs in samples.values() for c in cs]
+        mean, low, _ = mean_interval(scores)
+        se = (mean - low) / 1.96 if scores and math.isfinite(low) else float("nan")
+        win = low_w = high_w = None
+        if i > 0:
+            wins = n = 0.0
+            for prompt_id, news in samples.items():
+                for new in news:
+                    for old in v0_samples.get(prompt_id, []):
+                        a, b = preference(new["prompt"], new["text"]), preference(old["prompt"], old["text"])
+                        wins += 1.0 if a > b else 0.5 if a == b else 0.0
+                        n += 1
+            if n:
+                win = wins / n
+                # pairs share samples: the interval counts one trial per new completion
+                low_w, high_w = wilson_interval(win * len(scores), len(scores))
+        run = sim.runs[i - 1] if i > 0 and i - 1 < len(sim.runs) else None
+        out.append(_row_figures(sc, i, row, mean, se, len(scores), win, low_w, high_w, run))
+    # The run that ended the loop (no deploy) leaves a last row without a new policy.
+    if len(sim.runs) >= len(rows) and sim.runs:
+        run = sim.runs[len(rows) - 1]
+        out.append(_row_figures(sc, len(rows), None, math.nan, math.nan, 0, None, None, None, run))
+    return out
+
+
+def _row_figures(sc, i, row, mean, se, n, win, low, high, run) -> RoundFigures:  # type: ignore[no-untyped-def]
+    metrics = (run or {}).get("metrics") or {}
+    found = metrics.get("gates") or {}
+    rm_gate = found.get("rm") or {}
+    deploy_gate = found.get("deploy") or {}
+    rm_text = ("pass" if rm_gate.get("passed") else "fail") + (
+        f" ({rm_gate['low']:.2f}-{rm_gate['high']:.2f}, n={rm_gate.get('n')})" if rm_gate.get("low") is not None else ""
+    ) if rm_gate else "-"
+    checks = deploy_gate.get("checks") or []
+    deploy_text = "-" if not deploy_gate else ("pass" if deploy_gate.get("passed") else "refused: " + "; ".join(
+        c.get("name", "") for c in checks if not c.get("passed")))
+    seconds = {s: float((metrics.get(s) or {}).get("seconds") or 0.0) for s in ("sft", "rm", "ppo", "dpo")
+               if metrics.get(s)}
+    run_seconds = None
+    if run and run.get("started_at") and run.get("finished_at"):
+        from datetime import datetime
+
+        run_seconds = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    rm = metrics.get("rm") or {}
+    return RoundFigures(
+        scenario=sc.name, round=i, policy=f"v{row.policy_version}" if row else "(not deployed)", score=mean,
+        score_se=se, completions=n, win_vs_v0=win, win_low=low, win_high=high,
+        kl_from_v0=row.kl_from_v0 if row else None, rm_accuracy=rm.get("val_accuracy"),
+        rm_gate=rm_text, deploy_gate=deploy_text, deployed=bool(metrics.get("deployed")), stage_seconds=seconds,
+        run_seconds=run_seconds, note=(row.note if row else metrics.get("summary", "")),
+    )
+
+
+def _f(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def write_outputs(figures: list[RoundFigures], out_md: Path, header: str) -> None:
+    csv_path, png_path = out_md.with_suffix(".csv"), out_md.with_suffix(".png")
+    with csv_path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(asdict(figures[0]).keys()) if figures else ["scenario"])
+        w.writeheader()
+        for f in figures:
+            w.writerow({**asdict(f), "stage_seconds": json.dumps(f.stage_seconds)})
+    lines = [header, "", "| scenario | round | policy | score (± se) | win vs v0 [95% CI] | KL from v0 | RM held-out acc | RM gate | deploy gate | training s (sft/rm/ppo-or-dpo) |",
+             "| --- | ---: | --- | --- | --- | ---: | ---: | --- | --- | --- |"]
+    for f in figures:
+        win = "-" if f.win_vs_v0 is None else f"{f.win_vs_v0:.2f} [{f.win_low:.2f}, {f.win_high:.2f}]"
+        secs = "/".join(f"{f.stage_seconds[s]:.0f}" for s in ("sft", "rm", "ppo", "dpo") if s in f.stage_seconds) or "-"
+        lines.append(
+            f"| {f.scenario} | {f.round} | {f.policy} | {_f(f.score)} ± {_f(f.score_se, '.3f')} | {win} | "
+            f"{_f(f.kl_from_v0, '.2f')} | {_f(f.rm_accuracy, '.2f')} | {f.rm_gate} | {f.deploy_gate} | {secs} |"
+        )
+    out_md.write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for name in dict.fromkeys(f.scenario for f in figures):
+            rows = [f for f in figures if f.scenario == name and math.isfinite(f.score)]
+            ax1.errorbar([r.round for r in rows], [r.score for r in rows], yerr=[1.96 * r.score_se for r in rows],
+                         marker="o", capsize=3, label=name)
+            wins = [r for r in rows if r.win_vs_v0 is not None]
+            ax2.plot([r.round for r in wins], [r.win_vs_v0 for r in wins], marker="o", label=name)
+        ax1.set(xlabel="round", ylabel="preference score (validation)", title="score, 95% CI")
+        ax2.axhline(0.5, color="grey", lw=0.8)
+        ax2.set(xlabel="round", ylabel="win rate vs v0", title="win rate against v0")
+        ax1.legend()
+        fig.tight_layout()
+        fig.savefig(png_path, dpi=110)
+    except ImportError:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default=",".join(DEFAULT), help=f"comma-separated, from {', '.join(SCENARIOS)}")
+    parser.add_argument("--full", action="store_true", help="every scenario (noise and DPO for both preferences)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=32, help="prompts in the set (train + validation)")
+    parser.add_argument("--validation", type=int, default=8, help="of which validation prompts")
+    parser.add_argument("--labelers", type=int, default=3)
+    parser.add_argument("--demonstrations", type=int, default=8, help="demonstrations written per round")
+    parser.add_argument("--demonstration-share", type=float, default=0.25)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="the set's sampling max_new_tokens")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    parser.add_argument("--sampler-batch", type=int, default=16)
+    parser.add_argument("--parallel", type=int, default=1, help="scenarios at once")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="/tmp/rlhf-learning")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "learning-results.md"))
+    args = parser.parse_args()
+    names = FULL if args.full else [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    scenarios = [SCENARIOS[n] for n in names]
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+    v0 = _v0_dir(Path(args.work))
+    figures: list[RoundFigures] = []
+    header = (f"# Learning benchmark results\n\nbench/learning.py, {time.strftime('%Y-%m-%d')}: {args.prompts} prompts "
+              f"({args.validation} validation), K=4, {args.labelers} labelers, {args.demonstrations} demonstrations a "
+              f"round, sampling temperature 0.7 / top_p 0.95 / {args.max_new_tokens} new tokens, default round config, "
+              f"{args.threads} torch thread(s) per worker, {args.parallel} scenario(s) at once.")
+
+    def one(sc: Scenario) -> list[RoundFigures]:
+        try:
+            return run_scenario(sc, args, v0, log)
+        except Exception as exc:  # noqa: BLE001 - one failed scenario still lets the others report
+            log(f"[{sc.name}] failed: {type(exc).__name__}: {exc}")
+            return []
+
+    with ThreadPoolExecutor(max(1, args.parallel)) as pool:
+        for result in pool.map(one, scenarios):
+            figures.extend(result)
+            if figures:
+                write_outputs(figures, Path(args.out), header)
+    for f in figures:
+        print(f)
+
+
+if __name__ == "__main__":
+    main()
