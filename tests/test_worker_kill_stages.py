@@ -5,7 +5,7 @@ The worker runs as a real `rlhf worker` subprocess with ``RLHF_FAULT_PAUSE_AT`` 
 
 * ``sft``, ``ppo`` - the first optimizer step of the stage;
 * ``rm-saved`` - the reward model is in ``reward_models/v1`` but not registered;
-* ``promote`` - the policy's files are in ``policies/.tmp-v1-*``, not renamed into place;
+* ``promote`` - the policy's files are in ``policies/.staging-run<id>-*``, not published as ``vN``;
 * ``register`` - ``policies/v1`` is complete, the registering transaction has not run.
 
 After the heartbeat timeout the run is requeued; nothing half-written (and no unregistered
@@ -112,7 +112,7 @@ def test_sigkill_in_a_stage_requeues_the_run_and_the_next_worker_completes_it(
     policies_dir = root / artifacts.POLICIES
     left = sorted(p.name for p in policies_dir.iterdir())
     if point == "promote":
-        assert any(name.startswith(".tmp-v1-") for name in left), left
+        assert any(name.startswith(f".staging-run{run_id}-") for name in left), left
     if point == "register":
         validate_policy_dir(policies_dir / "v1")  # complete, but never registered
     if point == "rm-saved":
