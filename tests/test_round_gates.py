@@ -202,3 +202,32 @@ def test_every_stage_setting_a_user_might_need_is_a_round_key() -> None:
     assert keys["ppo_epochs"].default == round_config.PPOConfig().ppo_epochs
     assert keys["rm_max_length"].default == round_config.RMConfig().max_length
     assert round_config.stage_configs({}).ppo == round_config.PPOConfig()
+
+
+def test_the_run_page_shows_each_gate_with_its_interval_and_reason(client, admin, database) -> None:
+    from app.models import TrainingRun
+    from tests.conftest import login
+
+    checks = gates.deploy_gates(
+        {"score_deltas": [-1.0, -1.2, -0.9, -1.1] * 5, "wins": [0.0] * 20, "kls": [0.4] * 20},
+        round_config.GateConfig(),
+    )
+    rm = gates.rm_gate(0.55, 18, RMConfig(), held_out_rankings=3, total_rankings=30)
+    metrics = {
+        "summary": "policy v1 from v0 (sft + ppo); not deployed: <b>worse</b>",
+        "gates": {"rm": rm.as_dict(), "deploy": {"checks": [c.as_dict() for c in checks], "passed": False,
+                                                  "requested": True, "force": False}},
+        "skipped": {"ppo": rm.reason},
+    }
+    with database.session() as db:
+        run = TrainingRun(prompt_set_ids=[], status="succeeded", metrics=metrics)
+        db.add(run)
+        db.flush()
+        run_id = run.id
+    login(client, admin.username)
+    page = client.get(f"/admin/runs/{run_id}").text
+    assert 'id="run-gates"' in page and "score vs parent" in page and "win rate vs parent" in page
+    assert "below the parent" in page and "more ranking(s) would be needed" in page
+    assert "&lt;b&gt;worse&lt;/b&gt;" in page  # escaped
+    low, high = checks[0].low, checks[0].high
+    assert f"{low:.3f} – {high:.3f}" in page
