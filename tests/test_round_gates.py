@@ -231,3 +231,10 @@ def test_the_run_page_shows_each_gate_with_its_interval_and_reason(client, admin
     assert "&lt;b&gt;worse&lt;/b&gt;" in page  # escaped
     low, high = checks[0].low, checks[0].high
     assert f"{low:.3f} – {high:.3f}" in page
+
+
+def test_the_docs_table_is_the_declared_config() -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "trainer.md").read_text()
+    assert round_config.markdown_table() in docs, "regenerate the table in docs/trainer.md: python -m trainer.config"

@@ -449,3 +449,34 @@ def derive_ppo_iterations(cfg: PPOConfig, n_prompts: int, processes: int = 1) ->
         return max(1, math.ceil(cfg.total_episodes / world_batch))
     episodes = min(cfg.max_episodes, max(cfg.min_episodes, round(cfg.episodes_per_prompt * n_prompts)))
     return max(1, math.ceil(episodes / world_batch))
+
+
+def markdown_table() -> str:
+    """The round config keys as the Markdown table in docs/trainer.md (regenerate it with
+    ``python -m trainer.config``; a test checks the docs hold this exact table)."""
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return "null (derived)"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return f"`{value}`"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    rows = ["| key | default | range | meaning |", "| --- | --- | --- | --- |"]
+    for key in ROUND_KEYS.values():
+        if key.choices:
+            bounds = " \\| ".join(key.choices)
+        elif key.minimum is not None or key.maximum is not None:
+            lo = "" if key.minimum is None else f"{key.minimum:g}"
+            hi = "" if key.maximum is None else f"{key.maximum:g}"
+            bounds = f"{lo}..{hi}"
+        else:
+            bounds = ""
+        rows.append(f"| `{key.name}` | {shown(key.default)} | {bounds} | {key.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
