@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from app.models import Policy
+from app.models import Policy, PromptSet
 from app.services import training
 from tests.factories import make_prompt_set, make_prompts
 from tests.test_round import (
@@ -238,3 +238,33 @@ def test_the_docs_table_is_the_declared_config() -> None:
 
     docs = (Path(__file__).resolve().parent.parent / "docs" / "trainer.md").read_text()
     assert round_config.markdown_table() in docs, "regenerate the table in docs/trainer.md: python -m trainer.config"
+
+
+def test_sft_epoch_by_reward_rm_warm_start_and_a_pinned_kl_reference(settings, database, tiny_base) -> None:
+    s = fast_settings(settings)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    set_id = labeled_set(database, v0.id, rankings=8, demonstrations=4)
+    first = create_run(database, [set_id], deploy=True, config={**TINY_CONFIG, "sft_epochs": 2})
+    TrainerWorker(s, database, sampler=False).run_once()
+    run = run_state(database, first)
+    assert run.status == "succeeded", (run.error, logs_of(database, first))
+    sft = run.metrics["sft"]
+    assert sft["selected_by"] == "reward" and sft["selected_epoch"] in (1, 2)
+    assert len(sft["val_rm_score_by_epoch"]) == 2 and "train_loss" in sft  # both figures reported
+    assert run.metrics["rm"]["init"].startswith("scratch (no earlier reward model")
+    assert "kept epoch" in logs_of(database, first)
+    leftovers = [p.name for p in (s.resolved_artifacts_dir / "policies").iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # the epoch checkpoints were removed
+
+    with database.session() as db:
+        extra = make_prompts(db, db.get(PromptSet, set_id), ["One more question?"])
+        add_ranking(db, extra[0], make_labeler(db, "second"), run.policy_id, [GOOD[0], "meh", "no"])
+    second = create_run(database, [set_id], deploy=True, config={
+        **TINY_CONFIG, "rm_init": "previous", "ppo_kl_reference": "v0", "sft_demonstrations": "all",
+    })
+    TrainerWorker(s, database, sampler=False).run_once()
+    run2 = run_state(database, second)
+    assert run2.status == "succeeded", (run2.error, logs_of(database, second))
+    assert run2.metrics["rm"]["init"].startswith("reward_models/v1")
+    assert run2.metrics["ppo"]["kl_reference"] == "v0 (ppo_kl_reference=v0)"
+    assert "KL reference v0 (ppo_kl_reference=v0)" in logs_of(database, second)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import logging
 import math
 import random
@@ -146,21 +147,26 @@ class _Round:
     def run(self) -> RoundResult:
         job = self._load_job()
         model = self._load_start_policy(job)
-        epoch_states: list[Any] = []
+        epoch_states = _EpochCheckpoints(self.settings.resolved_artifacts_dir, self.run_id)
+        try:
+            return self._phases(job, model, epoch_states)
+        finally:
+            epoch_states.close()
+
+    def _phases(self, job: _Job, model: Any, epoch_states: _EpochCheckpoints) -> RoundResult:
+        """The round, phase by phase (see the module docstring)."""
         policy_changed = False
         if "sft" in job.stages:
             self.enter("sft")
             policy_changed |= self.record(self._sft(model, job, epoch_states)).ran
-        rm, rm_id = None, None
         if "rm" in job.stages:
             self.enter("rm")
             rm, rm_id = self._reward_model(model, job)
         else:
             rm, rm_id = self._latest_reward_model()
-        rm_usable = rm is not None and self._rm_gate(job, rm_id, trained="rm" in job.stages)
-        if epoch_states:
+        rm_usable = rm is not None and self._rm_gate(job)
+        if len(epoch_states):
             model = self._select_sft_epoch(model, rm if rm_usable else None, epoch_states, job)
-        del epoch_states
         if "ppo" in job.stages:
             self.enter("ppo")
             policy_changed |= self.record(self._ppo(model, rm if rm_usable else None, job)).ran
@@ -251,7 +257,7 @@ class _Round:
 
     # -- SFT --------------------------------------------------------------------------
 
-    def _sft(self, model: Any, job: _Job, epoch_states: list[Any]) -> StageOutcome:
+    def _sft(self, model: Any, job: _Job, epoch_states: _EpochCheckpoints) -> StageOutcome:
         from trainer.config import epochs_for
         from trainer.stages import train_sft
 
@@ -287,7 +293,7 @@ class _Round:
         self.accelerator.free_memory()  # drop Accelerate's references to the optimizer state
         return StageOutcome("sft", True, metrics=metrics)
 
-    def _select_sft_epoch(self, model: Any, rm: Any, epoch_states: list[Any], job: _Job) -> Any:
+    def _select_sft_epoch(self, model: Any, rm: Any, epoch_states: _EpochCheckpoints, job: _Job) -> Any:
         """Keep the SFT epoch whose validation samples the RM scores best (InstructGPT)."""
         from trainer.stages import reward_fn_from_model
         from trainer.stages.common import prompt_text, sample_responses
@@ -300,8 +306,8 @@ class _Round:
         score_fn = reward_fn_from_model(rm, self.tokenizer, max_length=job.cfg.rm.max_length)
         rendered = [prompt_text(self.tokenizer, p) for p in prompts]
         scores = []
-        for index, state in enumerate(epoch_states):
-            model.load_state_dict(state)
+        for index in range(len(epoch_states)):
+            model.load_state_dict(epoch_states[index])
             total, n = 0.0, 0
             for i in range(0, len(rendered), job.cfg.eval.batch_size):
                 samples = sample_responses(
@@ -434,7 +440,7 @@ class _Round:
         self.control.log(f"using the latest reward model, reward_models/v{version}")
         return rm, rm_id
 
-    def _rm_gate(self, job: _Job, rm_id: int | None, *, trained: bool) -> bool:
+    def _rm_gate(self, job: _Job) -> bool:
         """The RM gate: is the reward model above chance on held-out rankings?"""
         rm_metrics = self.metrics.get("rm", {})
         pairs = int(rm_metrics.get("val_pairs") or 0)
@@ -728,6 +734,51 @@ class _Round:
             raise
         logger.info("run %d: registered %s", self.run_id, summary)
         return RoundResult("succeeded", policy_id, summary, run_metrics)
+
+
+class _EpochCheckpoints:
+    """SFT's per-epoch weights, kept on disk (not in memory) until the RM has chosen one.
+
+    ``train_sft`` appends a CPU state dict after each epoch; each is written to
+    ``<artifacts>/policies/.epochs-run<id>-*/epoch<N>.safetensors`` and read back by index.
+    """
+
+    def __init__(self, artifacts_dir: Path, run_id: int) -> None:
+        self.dir = artifacts.staging_dir(artifacts_dir, artifacts.POLICIES, f"epochs-run{run_id}")
+        self.count = 0
+
+    def append(self, state: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Tied weights (embeddings = LM head) share storage; safetensors wants each once.
+        seen: dict[int, str] = {}
+        unique = {}
+        for name, tensor in state.items():
+            key = tensor.data_ptr()
+            if key not in seen:
+                seen[key] = name
+                unique[name] = tensor.contiguous()
+        save_file(unique, str(self.dir / f"epoch{self.count}.safetensors"), metadata={"aliases": json.dumps(
+            {name: seen[t.data_ptr()] for name, t in state.items() if seen[t.data_ptr()] != name})})
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from safetensors import safe_open
+
+        path = self.dir / f"epoch{index}.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+        for name, source in aliases.items():
+            state[name] = state[source]
+        return state
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class _CancelledLate(Exception):
