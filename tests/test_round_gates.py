@@ -268,3 +268,20 @@ def test_sft_epoch_by_reward_rm_warm_start_and_a_pinned_kl_reference(settings, d
     assert run2.metrics["rm"]["init"].startswith("reward_models/v1")
     assert run2.metrics["ppo"]["kl_reference"] == "v0 (ppo_kl_reference=v0)"
     assert "KL reference v0 (ppo_kl_reference=v0)" in logs_of(database, second)
+
+
+def test_a_dpo_round_trains_the_policy_on_the_rankings_pairs(settings, database, tiny_base) -> None:
+    s = fast_settings(settings)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    set_id = labeled_set(database, v0.id, rankings=8, demonstrations=4)
+    config = {**TINY_CONFIG, "dpo_epochs": 1, "dpo_min_steps": 0, "dpo_max_length": 96}
+    run_id = create_run(database, [set_id], stages=["sft", "dpo"], deploy=True, config=config)
+    TrainerWorker(s, database, sampler=False).run_once()
+    run = run_state(database, run_id)
+    assert run.status == "succeeded", (run.error, logs_of(database, run_id))
+    assert {"sft", "dpo", "eval"} <= set(run.metrics) and "ppo" not in run.metrics
+    assert run.metrics["dpo"]["steps"] >= 1 and "val_accuracy" in run.metrics["dpo"]
+    with database.session() as db:
+        policy = db.get(Policy, run.policy_id)
+        assert policy.metrics["stages"] == ["sft", "dpo"] and policy.deployed
+    assert "registered policy v1 from v0 (sft + dpo); deployed" in logs_of(database, run_id)
