@@ -133,6 +133,9 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, v0: Path, log) -> list[
     env = {
         **os.environ, "RLHF_DATA_DIR": str(work / "data"), "RLHF_TORCH_THREADS": str(args.threads),
         "RLHF_SAMPLER_BATCH_SIZE": str(args.sampler_batch), "PYTHONUNBUFFERED": "1",
+        # fewer malloc arenas: the worker's threads (sampler, heartbeat, round) otherwise keep
+        # gigabytes of freed memory each, and two scenarios at once fill a 24 GiB machine
+        "MALLOC_ARENA_MAX": "2",
     }
     _rlhf(env, "db", "upgrade")
     _rlhf(env, "policy", "bootstrap", "--base", str(v0))
