@@ -22,7 +22,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import DEFAULT_SAMPLING, Completion, Demonstration, Policy, Prompt, PromptSet, Ranking, TrainingRun
+from app.models import (
+    DEFAULT_SAMPLING,
+    Completion,
+    Demonstration,
+    Policy,
+    Prompt,
+    PromptSet,
+    Ranking,
+    TrainingRun,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,12 @@ from typing import Any, Literal
 
 import torch
 
-from trainer.prompting import encode_prompt, eos_token_ids, prompt_token_limit, render_prompt
+from trainer.prompting import (
+    encode_prompt,
+    eos_token_ids,
+    prompt_token_limit,
+    render_prompt,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -45,8 +45,19 @@ from app.models import Policy, TrainingRun, User
 from app.services import policies, training, workers
 from app.services.errors import Conflict
 from trainer import artifacts, faults, gates
-from trainer.config import StageConfigs, derive_ppo_iterations, stage_configs, with_sampling
-from trainer.data import RoundData, demonstrations_trained_by, load_round_data, round_sampling, take_snapshot
+from trainer.config import (
+    StageConfigs,
+    derive_ppo_iterations,
+    stage_configs,
+    with_sampling,
+)
+from trainer.data import (
+    RoundData,
+    demonstrations_trained_by,
+    load_round_data,
+    round_sampling,
+    take_snapshot,
+)
 from trainer.run_control import LeaseLost, RoundError, RunControl
 
 __all__ = ["LeaseLost", "RoundError", "RoundResult", "RunControl", "StageOutcome", "run_round"]
@@ -771,7 +782,7 @@ class _EpochCheckpoints:
 
         path = self.dir / f"epoch{index}.safetensors"
         with safe_open(str(path), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
             aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
         for name, source in aliases.items():
             state[name] = state[source]

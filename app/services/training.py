@@ -19,7 +19,13 @@ from app.models.base import utcnow
 from app.models.training import DEFAULT_STAGES, POLICY_OPTIMISERS, STAGES
 from app.services import audit
 from app.services.errors import Conflict, Invalid, NotFound
-from trainer.config import ROUND_KEYS, ConfigError, RoundKey, round_defaults, validate_round_config
+from trainer.config import (
+    ROUND_KEYS,
+    ConfigError,
+    RoundKey,
+    round_defaults,
+    validate_round_config,
+)
 
 FINISHED = ("succeeded", "failed", "cancelled")
 

@@ -22,7 +22,13 @@ from torch import nn
 from app.models.prompts import DEFAULT_SAMPLING
 from trainer.config import EvalConfig, with_sampling
 
-from .common import PromptLike, model_device, prompt_text, response_logprobs, sample_responses
+from .common import (
+    PromptLike,
+    model_device,
+    prompt_text,
+    response_logprobs,
+    sample_responses,
+)
 
 logger = logging.getLogger(__name__)
 
