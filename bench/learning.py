@@ -261,23 +261,60 @@ def _f(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
+RESULTS_BEGIN = "<!-- bench/learning.py results: begin -->"
+RESULTS_END = "<!-- bench/learning.py results: end -->"
+
+
+def results_table(figures: list[RoundFigures]) -> str:
+    lines = ["| scenario | round | policy | score (± se) | win vs v0 [95% CI] | KL from v0 | RM held-out acc | RM gate | deploy gate | training s (sft/rm/ppo-or-dpo) | run s |",
+             "| --- | ---: | --- | --- | --- | ---: | ---: | --- | --- | --- | ---: |"]
+    for f in figures:
+        win = "-" if f.win_vs_v0 is None else f"{f.win_vs_v0:.2f} [{f.win_low:.2f}, {f.win_high:.2f}]"
+        secs = "/".join(f"{f.stage_seconds[s]:.0f}" for s in ("sft", "rm", "ppo", "dpo") if s in f.stage_seconds) or "-"
+        lines.append(
+            f"| {f.scenario} | {f.round} | {f.policy} | {_f(f.score)} ± {_f(f.score_se, '.3f')} | {win} | "
+            f"{_f(f.kl_from_v0, '.2f')} | {_f(f.rm_accuracy, '.2f')} | {f.rm_gate} | {f.deploy_gate} | {secs} | "
+            f"{_f(f.run_seconds, '.0f')} |"
+        )
+    notes = [f"- {f.scenario}, round {f.round}: {f.note}" for f in figures if f.note]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def read_csv(path: Path) -> list[RoundFigures]:
+    """Figures back from a CSV this benchmark wrote (``--render``)."""
+    def num(v: str) -> float | None:
+        return None if v in ("", "None") else float(v)
+
+    out = []
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            out.append(RoundFigures(
+                scenario=row["scenario"], round=int(row["round"]), policy=row["policy"], score=float(row["score"]),
+                score_se=float(row["score_se"]), completions=int(row["completions"]), win_vs_v0=num(row["win_vs_v0"]),
+                win_low=num(row["win_low"]), win_high=num(row["win_high"]), kl_from_v0=num(row["kl_from_v0"]),
+                rm_accuracy=num(row["rm_accuracy"]), rm_gate=row["rm_gate"], deploy_gate=row["deploy_gate"],
+                deployed=row["deployed"] == "True", stage_seconds=json.loads(row["stage_seconds"] or "{}"),
+                run_seconds=num(row["run_seconds"]), note=row["note"],
+            ))
+    return out
+
+
 def write_outputs(figures: list[RoundFigures], out_md: Path, header: str) -> None:
+    """The CSV and the plot beside ``out_md``, and the table into ``out_md`` between the
+    results markers (the rest of the page, its discussion, is kept)."""
     csv_path, png_path = out_md.with_suffix(".csv"), out_md.with_suffix(".png")
     with csv_path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(asdict(figures[0]).keys()) if figures else ["scenario"])
         w.writeheader()
         for f in figures:
             w.writerow({**asdict(f), "stage_seconds": json.dumps(f.stage_seconds)})
-    lines = [header, "", "| scenario | round | policy | score (± se) | win vs v0 [95% CI] | KL from v0 | RM held-out acc | RM gate | deploy gate | training s (sft/rm/ppo-or-dpo) |",
-             "| --- | ---: | --- | --- | --- | ---: | ---: | --- | --- | --- |"]
-    for f in figures:
-        win = "-" if f.win_vs_v0 is None else f"{f.win_vs_v0:.2f} [{f.win_low:.2f}, {f.win_high:.2f}]"
-        secs = "/".join(f"{f.stage_seconds[s]:.0f}" for s in ("sft", "rm", "ppo", "dpo") if s in f.stage_seconds) or "-"
-        lines.append(
-            f"| {f.scenario} | {f.round} | {f.policy} | {_f(f.score)} ± {_f(f.score_se, '.3f')} | {win} | "
-            f"{_f(f.kl_from_v0, '.2f')} | {_f(f.rm_accuracy, '.2f')} | {f.rm_gate} | {f.deploy_gate} | {secs} |"
-        )
-    out_md.write_text("\n".join(lines) + "\n")
+    block = f"{RESULTS_BEGIN}\n{header}\n\n{results_table(figures)}\n\n![score and win rate per round]({png_path.name})\n{RESULTS_END}"
+    text = out_md.read_text() if out_md.exists() else "# Learning benchmark\n\n"
+    if RESULTS_BEGIN in text and RESULTS_END in text:
+        text = text[: text.index(RESULTS_BEGIN)] + block + text[text.index(RESULTS_END) + len(RESULTS_END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    out_md.write_text(text)
     try:
         import matplotlib
 
@@ -317,8 +354,13 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="scenarios at once")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="/tmp/rlhf-learning")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "learning-results.md"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "learning.md"))
+    parser.add_argument("--render", metavar="CSV", help="only redraw the table and plot from a CSV of an earlier run")
+    parser.add_argument("--header", default="", help="with --render: the line above the table")
     args = parser.parse_args()
+    if args.render:
+        write_outputs(read_csv(Path(args.render)), Path(args.out), args.header)
+        return
     names = FULL if args.full else [s.strip() for s in args.scenarios.split(",") if s.strip()]
     scenarios = [SCENARIOS[n] for n in names]
     Path(args.work).mkdir(parents=True, exist_ok=True)
@@ -328,7 +370,7 @@ def main() -> None:
 
     v0 = _v0_dir(Path(args.work))
     figures: list[RoundFigures] = []
-    header = (f"# Learning benchmark results\n\nbench/learning.py, {time.strftime('%Y-%m-%d')}: {args.prompts} prompts "
+    header = (f"bench/learning.py, {time.strftime('%Y-%m-%d')}: {args.prompts} prompts "
               f"({args.validation} validation), K=4, {args.labelers} labelers, {args.demonstrations} demonstrations a "
               f"round, sampling temperature 0.7 / top_p 0.95 / {args.max_new_tokens} new tokens, default round config, "
               f"{args.threads} torch thread(s) per worker, {args.parallel} scenario(s) at once.")
