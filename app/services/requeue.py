@@ -6,23 +6,15 @@ trail and the labeler's history) but leave exports, progress and training data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import chunks
 from app.models import Demonstration, Prompt, Ranking, SubmissionStatus, Task, User
+from app.schemas.stats import RequeueOut as RequeueResult
 from app.services import audit
 from app.services.task_states import REQUEUED, entered_from
 from app.services.users import get_user
-
-
-@dataclass
-class RequeueResult:
-    rankings: int
-    demonstrations: int
-    tasks: int
 
 
 def requeue_labeler(
@@ -62,7 +54,9 @@ def requeue_labeler(
             .values(status=REQUEUED.value)
             .execution_options(synchronize_session=False)
         )
-    result = RequeueResult(counts.get(Ranking, 0), counts.get(Demonstration, 0), len(task_ids))
+    result = RequeueResult(
+        rankings=counts.get(Ranking, 0), demonstrations=counts.get(Demonstration, 0), tasks=len(task_ids)
+    )
     audit.record(
         db, actor, "labeler.requeue", "user", labeler.id,
         username=labeler.username, prompt_set_id=prompt_set_id,
