@@ -201,8 +201,18 @@ def is_serving(ps: PromptSet) -> bool:
     return ps.status == PromptSetStatus.ACTIVE
 
 
-def get_prompt(db: Session, prompt_id: int) -> Prompt:
-    prompt = db.get(Prompt, prompt_id)
+def get_prompt(db: Session, prompt_id: int, *, lock: bool = False) -> Prompt:
+    """The prompt; ``lock`` takes its row lock (PostgreSQL: FOR NO KEY UPDATE, waiting) and
+    reloads it, as slot counting needs (app/services/slots.py)."""
+    if lock:
+        prompt = db.scalar(
+            select(Prompt)
+            .where(Prompt.id == prompt_id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )
+    else:
+        prompt = db.get(Prompt, prompt_id)
     if prompt is None:
         raise NotFound(f"prompt {prompt_id} not found")
     return prompt

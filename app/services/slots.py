@@ -27,7 +27,7 @@ from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.models import Policy, Prompt, Ranking, SubmissionStatus, Task, TaskStatus
-from app.services.errors import NotFound
+from app.services.prompt_sets import get_prompt
 
 PolicyRef = int | ColumnElement[Any] | None
 """A policy id, or an SQL expression for one (a column of ``serving.served_pairs``), or
@@ -114,14 +114,7 @@ class SlotCheck:
 
 def lock_prompt(db: Session, prompt_id: int) -> Prompt:
     """Lock a prompt row (PostgreSQL: FOR NO KEY UPDATE, waiting) and return it."""
-    prompt = db.scalar(
-        select(Prompt).where(Prompt.id == prompt_id).with_for_update(key_share=True).execution_options(
-            populate_existing=True
-        )
-    )
-    if prompt is None:
-        raise NotFound(f"prompt {prompt_id} not found")
-    return prompt
+    return get_prompt(db, prompt_id, lock=True)
 
 
 def check_slot(
