@@ -18,7 +18,7 @@ from app.models import PromptSet, Task, TaskStatus, User
 from app.models.base import utcnow
 from app.services.errors import Conflict
 from app.services.prompt_sets import get_prompt_set
-from app.services.slots import MINE, check_slot, lock_prompt
+from app.services.slots import MINE, check_slot, live_lease, lock_prompt
 from app.services.task_states import EXPIRED, LEASED, enter_state, entered_from, own_task
 
 
@@ -39,15 +39,16 @@ def held_task(db: Session, labeler_id: int, prompt_set_id: int, kind: str, now: 
             Task.labeler_id == labeler_id,
             Task.prompt_set_id == prompt_set_id,
             Task.kind == kind,
-            Task.status == TaskStatus.LEASED,
-            Task.lease_expires_at > now,
+            live_lease(now),
         )
         .order_by(Task.created_at, Task.id)
         .limit(1)
     )
 
 
-def relet_lapsed(db: Session, labeler_id: int, ps: PromptSet, kind: str, now: datetime, lease_minutes: float) -> Task | None:
+def relet_lapsed(
+    db: Session, labeler_id: int, ps: PromptSet, kind: str, now: datetime, lease_minutes: float
+) -> Task | None:
     """Back after the lease ran out (a break, a reload): the labeler's latest lapsed task in
     this set and kind, leased again if its slot is still free, so the page can restore
     what they had entered. None when there is none or its slot was taken."""

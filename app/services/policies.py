@@ -314,7 +314,9 @@ def retire_unlabeled_completions(db: Session, keep_policy_id: int) -> int:
     protected: set[int] = set()
     for chunk in chunks(prompt_ids):
         for completion_ids in db.scalars(
-            select(Task.completion_ids).where(Task.prompt_id.in_(chunk), Task.status.in_((TaskStatus.LEASED, TaskStatus.SUBMITTED)))
+            select(Task.completion_ids).where(
+                Task.prompt_id.in_(chunk), Task.status.in_((TaskStatus.LEASED, TaskStatus.SUBMITTED))
+            )
         ):
             protected.update(int(c) for c in completion_ids or [])
     retire = [cid for cid, _ in candidates if cid not in protected]

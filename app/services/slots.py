@@ -34,16 +34,22 @@ PolicyRef = int | ColumnElement[Any] | None
 None (no policy filter)."""
 
 
+def live_lease(now: datetime, t: Any = Task) -> ColumnElement[bool]:
+    """Tasks (``t``: Task or an alias) leased with a lease that has not lapsed (the SQL of
+    ``leases.lease_is_live``)."""
+    return and_(t.status == TaskStatus.LEASED, t.lease_expires_at > now)
+
+
 def takes_slot(now: datetime, t: Any = Task) -> ColumnElement[bool]:
-    """Tasks (``t``: Task or an alias) that occupy a slot: submitted, or leased and live."""
-    return or_(t.status == TaskStatus.SUBMITTED, and_(t.status == TaskStatus.LEASED, t.lease_expires_at > now))
+    """Tasks that occupy a slot: submitted, or leased and live."""
+    return or_(t.status == TaskStatus.SUBMITTED, live_lease(now, t))
 
 
 def keeps_labeler_off(now: datetime, t: Any = Task) -> ColumnElement[bool]:
     """A labeler's own tasks that keep them off a prompt: every task that has not expired."""
     return or_(
         t.status.in_((TaskStatus.SUBMITTED, TaskStatus.SKIPPED, TaskStatus.REQUEUED)),
-        and_(t.status == TaskStatus.LEASED, t.lease_expires_at > now),
+        live_lease(now, t),
     )
 
 

@@ -21,14 +21,25 @@ from sqlalchemy import ColumnElement, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.db import transact
-from app.models import Completion, Demonstration, Policy, Prompt, PromptSet, Ranking, SubmissionStatus, Task, TaskStatus, User
+from app.models import (
+    Completion,
+    Demonstration,
+    Policy,
+    Prompt,
+    PromptSet,
+    Ranking,
+    SubmissionStatus,
+    Task,
+    TaskStatus,
+    User,
+)
 from app.models.base import utcnow
 from app.schemas.tasks import ProgressOut
 from app.services.claims import next_task, open_prompts
 from app.services.errors import NotFound
 from app.services.leases import lease_is_live, relet_expired, renew_lease
 from app.services.serving import has_k_ready_of, served_completions, served_pairs
-from app.services.slots import keeps_labeler_off, labeler_has, taken_slots, takes_slot
+from app.services.slots import keeps_labeler_off, labeler_has, live_lease, taken_slots, takes_slot
 from app.services.task_states import get_task, own_task
 
 __all__ = [
@@ -97,16 +108,20 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
     ranked = db.scalar(
         select(func.count(Ranking.id))
         .join(Task, Task.id == Ranking.task_id)
-        .where(Ranking.labeler_id == user.id, Task.prompt_set_id == ps.id, Ranking.status == SubmissionStatus.ACTIVE)
+        .where(Ranking.labeler_id == user.id, Task.prompt_set_id == ps.id)
+        .where(Ranking.status == SubmissionStatus.ACTIVE)
     )
     demonstrated = db.scalar(
         select(func.count(Demonstration.id))
         .join(Task, Task.id == Demonstration.task_id)
-        .where(Demonstration.labeler_id == user.id, Task.prompt_set_id == ps.id, Demonstration.status == SubmissionStatus.ACTIVE)
+        .where(Demonstration.labeler_id == user.id, Task.prompt_set_id == ps.id)
+        .where(Demonstration.status == SubmissionStatus.ACTIVE)
     )
     holding = db.scalar(
         select(func.count(Task.id)).where(
-            Task.labeler_id == user.id, Task.prompt_set_id == ps.id, Task.status == TaskStatus.LEASED, Task.lease_expires_at > now
+            Task.labeler_id == user.id,
+            Task.prompt_set_id == ps.id,
+            live_lease(now),
         )
     )
     deployed = db.scalar(select(Policy.id).where(Policy.deployed.is_(True)))
@@ -131,8 +146,7 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
     next_expiry = select(func.min(Task.lease_expires_at)).where(
         Task.prompt_set_id == ps.id,
         Task.labeler_id != user.id,
-        Task.status == TaskStatus.LEASED,
-        Task.lease_expires_at > now,
+        live_lease(now),
         or_(
             Task.kind != "rank",
             exists().where(served.c.prompt_id == Task.prompt_id, served.c.policy_id == Task.policy_id),

@@ -51,7 +51,9 @@ PEOPLE.action("requeue")(_requeue)
 
 @PEOPLE.action("create_user")
 def _create_user(call: PageCall) -> dict[str, Any]:
-    user = people.add_user(call.db, call.actor, call.text("username"), call.raw("password"), call.text("role") or "labeler")
+    user = people.add_user(
+        call.db, call.actor, call.text("username"), call.raw("password"), call.text("role") or "labeler"
+    )
     return {"notice": f"Created {user.role} {user.username}."}
 
 
