@@ -1,13 +1,29 @@
-"""Engine and session factory. SQLite (embedded default) and PostgreSQL (psycopg 3)."""
+"""Engine, session factory, the dialect check and the retrying write transaction.
+
+SQLite (embedded default) and PostgreSQL (psycopg 3). Code that must behave differently
+on the two backends asks :func:`dialect` (or :func:`is_sqlite` / :func:`is_postgres`)
+here, for a URL, an engine or a session alike. :func:`transact` runs a unit of work as
+one write transaction and retries it on serialization failures, deadlocks and a busy
+SQLite database.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -33,9 +49,32 @@ MAX_OVERFLOW = 10
 POOL_TIMEOUT_S = 10
 
 
-def is_sqlite(url_or_engine: str | Engine) -> bool:
-    url = url_or_engine if isinstance(url_or_engine, str) else str(url_or_engine.url)
-    return url.startswith("sqlite")
+def chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most ``size``, for ``IN (...)`` lists that stay within
+    the backends' bind-parameter limits."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+Bind = str | Engine | Session
+"""What the dialect helpers accept: a database URL, an engine, or a session bound to one."""
+
+
+def dialect(bind: Bind) -> str:
+    """The backend's name: ``"sqlite"`` or ``"postgresql"``."""
+    if isinstance(bind, Session):
+        return bind.get_bind().dialect.name
+    if isinstance(bind, Engine):
+        return bind.dialect.name
+    return make_url(bind).get_backend_name()
+
+
+def is_sqlite(bind: Bind) -> bool:
+    return dialect(bind) == "sqlite"
+
+
+def is_postgres(bind: Bind) -> bool:
+    return dialect(bind) == "postgresql"
 
 
 def make_engine(url: str) -> Engine:
@@ -71,8 +110,16 @@ class Database:
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
+    def dialect(self) -> str:
+        return dialect(self.engine)
+
+    @property
     def is_sqlite(self) -> bool:
-        return is_sqlite(self.url)
+        return is_sqlite(self.engine)
+
+    @property
+    def is_postgres(self) -> bool:
+        return is_postgres(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -87,3 +134,66 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# --- the retrying write transaction -------------------------------------------------
+
+RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    message = str(orig).lower()
+    return "database is locked" in message or "database is busy" in message
+
+
+_sqlite_locks: dict[str, threading.Lock] = {}
+_sqlite_locks_guard = threading.Lock()
+
+
+def _process_lock(db: Session) -> threading.Lock | None:
+    """One in-process lock per SQLite database file.
+
+    SQLite's busy handler polls with sleeps, so many threads of one server waiting on
+    ``BEGIN IMMEDIATE`` crawl and each holds a pooled connection while it waits. Queuing
+    them on a Python lock first hands the write lock over at once; the file lock still
+    serialises other processes.
+    """
+    if not is_sqlite(db):
+        return None
+    url = str(db.get_bind().url)
+    with _sqlite_locks_guard:
+        return _sqlite_locks.setdefault(url, threading.Lock())
+
+
+def transact(db: Session, fn: Callable[[], T], *, attempts: int = 8) -> T:
+    """Run ``fn`` in a fresh write transaction and commit it.
+
+    Whatever ``db`` had open is committed first (request setup only reads). On SQLite the
+    transaction starts with ``BEGIN IMMEDIATE`` so that its reads and writes are one atomic
+    step. A serialization failure, a deadlock or a busy database rolls back and runs
+    ``fn`` again (at most ``attempts`` times, with jittered backoff); service errors
+    propagate after a rollback.
+    """
+    db.commit()
+    lock = _process_lock(db)
+    for attempt in range(1, attempts + 1):
+        try:
+            with lock if lock is not None else nullcontext():
+                if lock is not None:
+                    db.execute(text("BEGIN IMMEDIATE"))
+                try:
+                    result = fn()
+                    db.commit()
+                except BaseException:
+                    db.rollback()
+                    raise
+            return result
+        except DBAPIError as exc:
+            if attempt == attempts or not _retryable(exc):
+                raise
+            log.info("retrying labeling transaction after %s (attempt %d)", type(exc.orig).__name__, attempt)
+            time.sleep(min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")

@@ -57,3 +57,23 @@ def test_health_ok_and_503_when_database_is_unreachable(client, settings) -> Non
     with TestClient(create_app(bad, Database(bad.resolved_database_url))) as c:
         r = c.get("/api/v1/health")
     assert r.status_code == 503 and r.json()["database"] == "unreachable"
+
+
+def test_an_admin_cannot_disable_themselves_or_change_their_own_role(client, admin, make_account, database) -> None:
+    """The guard lives in the service, so the API refuses what the People page refuses."""
+    r = client.patch(f"/api/v1/users/{admin.id}", json={"is_active": False}, headers=admin.headers)
+    assert r.status_code == 422 and "cannot disable yourself" in r.json()["detail"]
+    r = client.patch(f"/api/v1/users/{admin.id}", json={"role": "labeler"}, headers=admin.headers)
+    assert r.status_code == 422 and "own role" in r.json()["detail"]
+    assert client.get("/api/v1/me", headers=admin.headers).json()["is_active"] is True
+    # Their own password, and other admins, they may still change.
+    r = client.patch(f"/api/v1/users/{admin.id}", json={"password": "a-new-long-password"}, headers=admin.headers)
+    assert r.status_code == 200
+    other = make_account("admin", "second")
+    r = client.patch(f"/api/v1/users/{other.id}", json={"is_active": False}, headers=admin.headers)
+    assert r.status_code == 200 and r.json()["is_active"] is False
+    with database.session() as db:
+        updates = db.execute(
+            select(AuditLog.target_id, AuditLog.detail).where(AuditLog.action == "user.update").order_by(AuditLog.id)
+        ).all()
+    assert [(t, d) for t, d in updates] == [(str(admin.id), {"password": "reset"}), (str(other.id), {"is_active": False})]

@@ -1,8 +1,8 @@
 """All ORM models; importing this package registers every table on ``Base.metadata``."""
 
-from app.models.labeling import FLAGS, TASK_KINDS, Demonstration, Ranking, Task
+from app.models.labeling import FLAGS, TASK_KINDS, Demonstration, Ranking, SubmissionStatus, Task, TaskStatus
 from app.models.policies import Completion, Policy, RewardModel
-from app.models.prompts import DEFAULT_SAMPLING, SPLITS, Prompt, PromptSet
+from app.models.prompts import DEFAULT_SAMPLING, SPLITS, Prompt, PromptSet, PromptSetStatus
 from app.models.training import AuditLog, RunLog, RunMetric, TrainingRun, Worker
 from app.models.users import ROLES, ApiToken, LoginFailure, User, UserSession
 
@@ -20,11 +20,14 @@ __all__ = [
     "Policy",
     "Prompt",
     "PromptSet",
+    "PromptSetStatus",
     "Ranking",
     "RewardModel",
     "RunLog",
     "RunMetric",
+    "SubmissionStatus",
     "Task",
+    "TaskStatus",
     "TrainingRun",
     "User",
     "UserSession",

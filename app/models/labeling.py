@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, String, Text
@@ -14,8 +15,27 @@ from app.db import Base
 from app.models.base import UTCDateTime, utcnow
 
 TASK_KINDS = ("rank", "demonstrate")
-# leased -> submitted | skipped | expired ; submitted -> requeued (admin sends it back)
-TASK_STATUSES = ("leased", "submitted", "skipped", "expired", "requeued")
+
+
+class TaskStatus(StrEnum):
+    """Where a task is in its life. The allowed changes, and the one place that makes them,
+    are in app/services/task_states.py."""
+
+    LEASED = "leased"  # handed to its labeler until lease_expires_at (past it: lapsed, same row)
+    SUBMITTED = "submitted"  # answered (a Ranking or Demonstration row exists)
+    SKIPPED = "skipped"  # given back without an answer
+    EXPIRED = "expired"  # a lapsed lease, marked when its labeler claims again
+    REQUEUED = "requeued"  # an admin sent the answer back; the slot is open again
+
+
+class SubmissionStatus(StrEnum):
+    """A Ranking's or Demonstration's status: active counts everywhere, requeued nowhere."""
+
+    ACTIVE = "active"
+    REQUEUED = "requeued"
+
+
+TASK_STATUSES = tuple(s.value for s in TaskStatus)
 FLAGS = (
     "fails_instruction",
     "made_up_facts",
@@ -51,7 +71,7 @@ class Task(Base):
     prompt_set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id", ondelete="CASCADE"), index=True)
     labeler_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="leased")
+    status: Mapped[str] = mapped_column(String(16), default=TaskStatus.LEASED.value)
     completion_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
     # The policy whose completions a rank task shows (NULL for demonstrate tasks).
     policy_id: Mapped[int | None] = mapped_column(
@@ -79,7 +99,7 @@ class Ranking(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     time_spent_s: Mapped[float | None] = mapped_column(Float)
     payload_hash: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=SubmissionStatus.ACTIVE.value)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
@@ -96,5 +116,5 @@ class Demonstration(Base):
     text: Mapped[str] = mapped_column(Text)
     time_spent_s: Mapped[float | None] = mapped_column(Float)
     payload_hash: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=SubmissionStatus.ACTIVE.value)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

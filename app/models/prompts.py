@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -11,7 +12,17 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from app.db import Base
 from app.models.base import UTCDateTime, utcnow
 
-PROMPT_SET_STATUSES = ("active", "paused", "archived")
+
+
+class PromptSetStatus(StrEnum):
+    """Only an active set hands out labeling tasks and is sampled for."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ARCHIVED = "archived"
+
+
+PROMPT_SET_STATUSES = tuple(s.value for s in PromptSetStatus)
 SPLITS = ("train", "validation")
 DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 128}
 
@@ -27,7 +38,7 @@ class PromptSet(Base):
     overlap: Mapped[int] = mapped_column(Integer, default=1)
     sampling: Mapped[dict[str, Any]] = mapped_column(JSON, default=lambda: dict(DEFAULT_SAMPLING))
     demonstration_share: Mapped[float] = mapped_column(Float, default=0.0)
-    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=PromptSetStatus.ACTIVE.value, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

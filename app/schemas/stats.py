@@ -80,6 +80,8 @@ class RequeueOut(BaseModel):
 
 
 class AuditEntryOut(BaseModel):
+    """One audit log entry; app/services/audit_view.py builds these for the API and the pages."""
+
     id: int
     created_at: datetime
     actor_id: int | None

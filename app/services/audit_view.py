@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import AuditLog, User
+from app.schemas.stats import AuditEntryOut as AuditEntry
+from app.services.users import list_users
 
-
-@dataclass
-class AuditEntry:
-    id: int
-    created_at: datetime
-    actor_id: int | None
-    actor: str | None
-    action: str
-    target_type: str | None
-    target_id: str | None
-    detail: dict[str, Any]
+PAGE = 50
 
 
 def list_entries(
@@ -34,8 +24,8 @@ def list_entries(
     limit: int = 100,
     before_id: int | None = None,
 ) -> list[AuditEntry]:
-    """Newest first. ``action`` matches a prefix ("prompt_set." gives every prompt set action);
-    ``before_id`` pages backwards."""
+    """Newest first, in the API's shape. ``action`` matches a prefix ("prompt_set." gives
+    every prompt set action); ``before_id`` pages backwards."""
     query = select(AuditLog, User.username).outerjoin(User, User.id == AuditLog.actor_id)
     if action:
         query = query.where(AuditLog.action.startswith(action, autoescape=True))
@@ -64,3 +54,16 @@ def actions(db: Session) -> list[str]:
 
 def count(db: Session) -> int:
     return db.scalar(select(func.count(AuditLog.id))) or 0
+
+
+def page(db: Session, *, action: str | None, actor: str | None, before_id: int | None) -> dict[str, Any]:
+    """The audit log page: one page of entries, the id to page back from, the filters' menus."""
+    entries = list_entries(db, action=action, actor=actor, limit=PAGE + 1, before_id=before_id)
+    return {
+        "entries": entries[:PAGE],
+        "older": entries[PAGE - 1].id if len(entries) > PAGE else None,
+        "actions": actions(db),
+        "action": action or "",
+        "actor": actor or "",
+        "actors": [u.username for u in list_users(db) if u.is_admin],
+    }

@@ -35,9 +35,9 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Demonstration, Policy, Prompt, Ranking, User
+from app.models import Completion, Demonstration, Policy, Prompt, Ranking, SubmissionStatus, User
 from app.services.errors import Invalid
-from app.services.stats import ordered_pairs
+from app.services.rankings import ordered_pairs
 
 KINDS = ("comparisons", "rankings", "demonstrations")
 FORMATS = ("jsonl", "csv")
@@ -124,7 +124,7 @@ def _batches(
     last = 0
     while True:
         rows = db.execute(
-            query.where(model.id > last, model.status == "active").order_by(model.id).limit(batch)
+            query.where(model.id > last, model.status == SubmissionStatus.ACTIVE).order_by(model.id).limit(batch)
         ).all()
         if not rows:
             return

@@ -12,30 +12,22 @@ writes the completions; the trainer's sampler (trainer/sampler.py) calls it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Policy, Prompt, PromptSet, RewardModel, Task, User
+from app.db import chunks, is_postgres
+from app.models import Completion, Policy, Prompt, PromptSet, RewardModel, Task, TaskStatus, User
 from app.models.base import utcnow
 from app.services import audit
 from app.services.errors import Conflict, Invalid, NotFound
-
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _is_postgres(db: Session) -> bool:
-    return db.get_bind().dialect.name == "postgresql"
+from app.services.prompt_sets import active_prompt_sets as active_prompt_sets  # the sampler's (trainer/sampler.py)
+from app.services.slots import rank_slots_used
 
 
 # ---------------------------------------------------------------------- registry
@@ -118,7 +110,7 @@ def deploy_policy(db: Session, actor: User | None, policy_id: int, *, reason: st
     if policy.deployed:
         return policy
     current_q = select(Policy).where(Policy.deployed.is_(True))
-    if _is_postgres(db):
+    if is_postgres(db):
         current_q = current_q.with_for_update()
     previous = db.scalar(current_q)
     try:
@@ -212,22 +204,6 @@ class SetPlan:
         return self.buffer / self.target if self.target else 1.0
 
 
-def _rank_slots_used(now: datetime, policy_id: int):  # type: ignore[no-untyped-def]
-    """Per prompt: rank slots taken for ``policy_id``'s completions (a submitted task, or a
-    leased one whose lease is live), the same per-(prompt, policy) accounting the task
-    service uses against ``overlap``."""
-    return (
-        select(Task.prompt_id, func.count(Task.id).label("n"))
-        .where(
-            Task.policy_id == policy_id,
-            Task.kind == "rank",
-            or_(Task.status == "submitted", and_(Task.status == "leased", Task.lease_expires_at > now)),
-        )
-        .group_by(Task.prompt_id)
-        .subquery()
-    )
-
-
 def _ready_counts(policy_id: int):  # type: ignore[no-untyped-def]
     return (
         select(Completion.prompt_id, func.count(Completion.id).label("n"))
@@ -259,7 +235,7 @@ def sampling_plan(
     now = now or utcnow()
     k = prompt_set.k
     ready = _ready_counts(policy_id)
-    used = _rank_slots_used(now, policy_id)
+    used = rank_slots_used(now, policy_id)
     have = func.coalesce(ready.c.n, 0)
     labelable = (
         select(Prompt, have.label("have"))
@@ -280,10 +256,6 @@ def sampling_plan(
     return SetPlan(prompt_set, buffer, buffer_prompts, rows)
 
 
-def active_prompt_sets(db: Session) -> list[PromptSet]:
-    return list(db.scalars(select(PromptSet).where(PromptSet.status == "active").order_by(PromptSet.id)))
-
-
 def add_completions(
     db: Session, policy_id: int, k_by_prompt: dict[int, int], rows: Iterable[dict[str, Any]]
 ) -> int:
@@ -298,7 +270,7 @@ def add_completions(
     if not by_prompt:
         return 0
     ids = sorted(by_prompt)
-    if _is_postgres(db):
+    if is_postgres(db):
         db.execute(select(Prompt.id).where(Prompt.id.in_(ids)).order_by(Prompt.id).with_for_update())
     have = dict(
         db.execute(
@@ -340,13 +312,15 @@ def retire_unlabeled_completions(db: Session, keep_policy_id: int) -> int:
         return 0
     prompt_ids = sorted({prompt_id for _, prompt_id in candidates})
     protected: set[int] = set()
-    for chunk in _chunks(prompt_ids):
+    for chunk in chunks(prompt_ids):
         for completion_ids in db.scalars(
-            select(Task.completion_ids).where(Task.prompt_id.in_(chunk), Task.status.in_(("leased", "submitted")))
+            select(Task.completion_ids).where(
+                Task.prompt_id.in_(chunk), Task.status.in_((TaskStatus.LEASED, TaskStatus.SUBMITTED))
+            )
         ):
             protected.update(int(c) for c in completion_ids or [])
     retire = [cid for cid, _ in candidates if cid not in protected]
-    for chunk in _chunks(retire):
+    for chunk in chunks(retire):
         db.execute(
             update(Completion)
             .where(Completion.id.in_(chunk), Completion.status == "ready")

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.models import DEFAULT_SAMPLING, Prompt, PromptSet, User
+from app.models import DEFAULT_SAMPLING, Prompt, PromptSet, PromptSetStatus, User
 from app.models.prompts import PROMPT_SET_STATUSES
 from app.services import audit
 from app.services.errors import Conflict, Invalid, NotFound
@@ -190,13 +190,29 @@ def list_prompt_sets(db: Session, statuses: tuple[str, ...] | None = None) -> li
     return list(db.scalars(query))
 
 
+def active_prompt_sets(db: Session, *, by_name: bool = False) -> list[PromptSet]:
+    """The sets that are labeled and sampled now, by id (or by name, for people)."""
+    query = select(PromptSet).where(PromptSet.status == PromptSetStatus.ACTIVE)
+    return list(db.scalars(query.order_by(PromptSet.name if by_name else PromptSet.id)))
+
+
 def is_serving(ps: PromptSet) -> bool:
     """Whether the set hands out labeling tasks: only an active set does (paused and archived do not)."""
-    return ps.status == "active"
+    return ps.status == PromptSetStatus.ACTIVE
 
 
-def get_prompt(db: Session, prompt_id: int) -> Prompt:
-    prompt = db.get(Prompt, prompt_id)
+def get_prompt(db: Session, prompt_id: int, *, lock: bool = False) -> Prompt:
+    """The prompt; ``lock`` takes its row lock (PostgreSQL: FOR NO KEY UPDATE, waiting) and
+    reloads it, as slot counting needs (app/services/slots.py)."""
+    if lock:
+        prompt = db.scalar(
+            select(Prompt)
+            .where(Prompt.id == prompt_id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )
+    else:
+        prompt = db.get(Prompt, prompt_id)
     if prompt is None:
         raise NotFound(f"prompt {prompt_id} not found")
     return prompt

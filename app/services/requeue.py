@@ -6,21 +6,15 @@ trail and the labeler's history) but leave exports, progress and training data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.models import Demonstration, Prompt, Ranking, Task, User
+from app.db import chunks
+from app.models import Demonstration, Prompt, Ranking, SubmissionStatus, Task, User
+from app.schemas.stats import RequeueOut as RequeueResult
 from app.services import audit
+from app.services.task_states import REQUEUED, entered_from
 from app.services.users import get_user
-
-
-@dataclass
-class RequeueResult:
-    rankings: int
-    demonstrations: int
-    tasks: int
 
 
 def requeue_labeler(
@@ -39,28 +33,30 @@ def requeue_labeler(
     if include_demonstrations:
         models.append(Demonstration)
     for model in models:
-        q = select(model.id, model.task_id).where(model.labeler_id == labeler.id, model.status == "active")
+        q = select(model.id, model.task_id).where(model.labeler_id == labeler.id, model.status == SubmissionStatus.ACTIVE)
         if prompt_set_id is not None:
             q = q.where(model.prompt_id.in_(in_set))
         rows = db.execute(q).all()
         counts[model] = len(rows)
         ids = [r.id for r in rows]
         task_ids += [r.task_id for r in rows if r.task_id is not None]
-        for start in range(0, len(ids), 1000):
+        for chunk in chunks(ids, 1000):
             db.execute(
                 update(model)
-                .where(model.id.in_(ids[start : start + 1000]))
-                .values(status="requeued")
+                .where(model.id.in_(chunk))
+                .values(status=SubmissionStatus.REQUEUED.value)
                 .execution_options(synchronize_session=False)
             )
-    for start in range(0, len(task_ids), 1000):
+    for chunk in chunks(task_ids, 1000):
         db.execute(
             update(Task)
-            .where(Task.id.in_(task_ids[start : start + 1000]))
-            .values(status="requeued")
+            .where(Task.id.in_(chunk), Task.status.in_(entered_from(REQUEUED)))
+            .values(status=REQUEUED.value)
             .execution_options(synchronize_session=False)
         )
-    result = RequeueResult(counts.get(Ranking, 0), counts.get(Demonstration, 0), len(task_ids))
+    result = RequeueResult(
+        rankings=counts.get(Ranking, 0), demonstrations=counts.get(Demonstration, 0), tasks=len(task_ids)
+    )
     audit.record(
         db, actor, "labeler.requeue", "user", labeler.id,
         username=labeler.username, prompt_set_id=prompt_set_id,

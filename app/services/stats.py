@@ -1,116 +1,47 @@
 """Progress and quality numbers for the dashboard and ``GET /api/v1/stats``.
 
-Ranking arithmetic used across the admin area lives here too:
-
-* A ranking is best-first groups of completion ids; a group of more than one is a tie.
-  It implies one ordered (chosen, rejected) pair for every two completions in different
-  groups: K choose 2 pairs less the tied ones.
-* Pairwise agreement of two rankings of the same prompt: over the completions both
-  ranked, the share of pairs that both order strictly on which they agree (a pair one
-  of them ties is left out).
-* Kendall tau (tau-b, which accounts for ties) of the two rankings over the common
-  completions; undefined (left out of the mean) when either ranks them all as one tie.
-* Accuracy against gold: over the pairs the gold ranking orders strictly, the share the
-  labeler orders the same way (a tie by the labeler counts as a miss).
+The ranking arithmetic (pairs, agreement, Kendall tau, accuracy against gold) is in
+app/services/rankings.py; its names are re-exported here. Rank slots are counted by
+app/services/slots.py. A Kendall tau that is undefined is left out of the means.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Demonstration, Policy, Prompt, PromptSet, Ranking, Task, User
+from app.models import Completion, Demonstration, Prompt, PromptSet, Ranking, SubmissionStatus, Task, TaskStatus, User
 from app.models.prompts import SPLITS
+from app.services.rankings import (
+    PairCompare,
+    RankingGroups,
+    compare_rankings,
+    gold_agreement,
+    ordered_pairs,
+    pair_count,
+    pairs_from_ranking,
+    positions,
+)
+from app.services.slots import filled_rank_slots
 
-RankingGroups = Sequence[Sequence[int]]
-
-
-# ---------------------------------------------------------------- ranking arithmetic
-
-
-def positions(ranking: RankingGroups) -> dict[int, int]:
-    """Completion id -> 0-based index of its group (equal for ties)."""
-    return {cid: g for g, group in enumerate(ranking) for cid in group}
-
-
-def ordered_pairs(ranking: RankingGroups) -> Iterator[tuple[int, int, int, int]]:
-    """(chosen_id, rejected_id, chosen_rank, rejected_rank) for each pair across groups; ranks 1-based."""
-    for i, better in enumerate(ranking):
-        for j in range(i + 1, len(ranking)):
-            for chosen in better:
-                for rejected in ranking[j]:
-                    yield chosen, rejected, i + 1, j + 1
-
-
-def pair_count(ranking: RankingGroups) -> int:
-    """Number of ordered pairs a ranking implies: (n^2 - sum of squared group sizes) / 2."""
-    n = sum(len(g) for g in ranking)
-    return (n * n - sum(len(g) ** 2 for g in ranking)) // 2
-
-
-def _sign(x: int) -> int:
-    return (x > 0) - (x < 0)
-
-
-@dataclass
-class PairCompare:
-    agree: int = 0  # pairs both order strictly, the same way
-    comparable: int = 0  # pairs both order strictly
-    tau: float | None = None  # Kendall tau-b over the common completions
-
-
-def compare_rankings(a: RankingGroups, b: RankingGroups) -> PairCompare:
-    """Pairwise agreement and Kendall tau-b of two rankings over the completions both contain."""
-    pa, pb = positions(a), positions(b)
-    common = sorted(set(pa) & set(pb))
-    out = PairCompare()
-    concordant = discordant = ties_a = ties_b = 0
-    n = len(common)
-    for i in range(n):
-        for j in range(i + 1, n):
-            x, y = common[i], common[j]
-            sa, sb = _sign(pa[x] - pa[y]), _sign(pb[x] - pb[y])
-            if sa == 0:
-                ties_a += 1
-            if sb == 0:
-                ties_b += 1
-            if sa and sb:
-                out.comparable += 1
-                if sa == sb:
-                    out.agree += 1
-                    concordant += 1
-                else:
-                    discordant += 1
-    n0 = n * (n - 1) // 2
-    denom = math.sqrt((n0 - ties_a) * (n0 - ties_b))
-    if n >= 2 and denom > 0:
-        out.tau = (concordant - discordant) / denom
-    return out
-
-
-def gold_agreement(gold: RankingGroups, ranking: RankingGroups) -> tuple[int, int]:
-    """(correct, total) over the pairs gold orders strictly among completions in both rankings."""
-    pg, pr = positions(gold), positions(ranking)
-    common = sorted(set(pg) & set(pr))
-    correct = total = 0
-    for i in range(len(common)):
-        for j in range(i + 1, len(common)):
-            x, y = common[i], common[j]
-            sg = _sign(pg[x] - pg[y])
-            if sg == 0:
-                continue
-            total += 1
-            if _sign(pr[x] - pr[y]) == sg:
-                correct += 1
-    return correct, total
+__all__ = [  # the ranking arithmetic is re-exported for callers that found it here
+    "PairCompare",
+    "compare_rankings",
+    "gold_agreement",
+    "labeler_stats",
+    "ordered_pairs",
+    "pair_count",
+    "pairs_from_ranking",
+    "positions",
+    "progress",
+    "summary",
+]
 
 
 # ---------------------------------------------------------------- progress
@@ -171,30 +102,6 @@ class SetProgress:
         }
 
 
-def _slot_rankings(db: Session, set_ids: list[int]) -> Any:
-    """Per prompt of these sets: active rankings that fill its slots now (column ``n``).
-
-    Rank slots belong to (prompt, policy) pairs (see app.services.tasks), and what is left
-    to do is the deployed policy's work, so only rankings of tasks that showed the
-    deployed policy's completions count. Gold prompts show fixed completions whatever is
-    deployed: all their rankings count. With nothing deployed, the policy with the most
-    rankings of the prompt counts.
-    """
-    deployed = db.scalar(select(Policy.id).where(Policy.deployed.is_(True)))
-    pair = case((Prompt.is_gold.is_(True), -1), else_=func.coalesce(Task.policy_id, 0))
-    per_pair = (
-        select(Ranking.prompt_id.label("prompt_id"), func.count(Ranking.id).label("n"))
-        .join(Task, Task.id == Ranking.task_id)
-        .join(Prompt, Prompt.id == Ranking.prompt_id)
-        .where(Ranking.status == "active", Prompt.prompt_set_id.in_(set_ids))
-        .group_by(Ranking.prompt_id, pair)
-    )
-    if deployed is not None:
-        per_pair = per_pair.where(or_(Prompt.is_gold.is_(True), Task.policy_id == deployed))
-    sub = per_pair.subquery()
-    return select(sub.c.prompt_id, func.max(sub.c.n).label("n")).group_by(sub.c.prompt_id).subquery()
-
-
 def progress(db: Session, prompt_set_id: int | None = None) -> list[SetProgress]:
     """Counts per set and split. Comparisons are summed from the active rankings' groups."""
     sets_q = select(PromptSet).order_by(PromptSet.id)
@@ -239,7 +146,7 @@ def progress(db: Session, prompt_set_id: int | None = None) -> list[SetProgress]
 
     per_prompt = (
         select(Ranking.prompt_id, func.count(Ranking.id).label("n"))
-        .where(Ranking.status == "active")
+        .where(Ranking.status == SubmissionStatus.ACTIVE)
         .group_by(Ranking.prompt_id)
         .subquery()
     )
@@ -252,7 +159,7 @@ def progress(db: Session, prompt_set_id: int | None = None) -> list[SetProgress]
         b = bucket(set_id, split)
         b.prompts_labeled, b.rankings = labeled, int(n or 0)
 
-    per_slot = _slot_rankings(db, ids)
+    per_slot = filled_rank_slots(db, ids)
     for set_id, split, filled in db.execute(
         select(
             Prompt.prompt_set_id,
@@ -268,7 +175,7 @@ def progress(db: Session, prompt_set_id: int | None = None) -> list[SetProgress]
     for set_id, split, n in db.execute(
         select(Prompt.prompt_set_id, Prompt.split, func.count(Demonstration.id))
         .join(Prompt, Prompt.id == Demonstration.prompt_id)
-        .where(Prompt.prompt_set_id.in_(ids), Demonstration.status == "active")
+        .where(Prompt.prompt_set_id.in_(ids), Demonstration.status == SubmissionStatus.ACTIVE)
         .group_by(Prompt.prompt_set_id, Prompt.split)
     ):
         bucket(set_id, split).demonstrations = n
@@ -276,7 +183,7 @@ def progress(db: Session, prompt_set_id: int | None = None) -> list[SetProgress]
     for set_id, split, n in db.execute(
         select(Prompt.prompt_set_id, Prompt.split, func.count(Task.id))
         .join(Prompt, Prompt.id == Task.prompt_id)
-        .where(Prompt.prompt_set_id.in_(ids), Task.status == "skipped")
+        .where(Prompt.prompt_set_id.in_(ids), Task.status == TaskStatus.SKIPPED)
         .group_by(Prompt.prompt_set_id, Prompt.split)
     ):
         bucket(set_id, split).skips = n
@@ -284,7 +191,7 @@ def progress(db: Session, prompt_set_id: int | None = None) -> list[SetProgress]
     rows = db.execute(
         select(Prompt.prompt_set_id, Prompt.split, Ranking.ranking)
         .join(Prompt, Prompt.id == Ranking.prompt_id)
-        .where(Prompt.prompt_set_id.in_(ids), Ranking.status == "active")
+        .where(Prompt.prompt_set_id.in_(ids), Ranking.status == SubmissionStatus.ACTIVE)
         .execution_options(yield_per=2000)
     )
     for set_id, split, groups in rows:
@@ -357,7 +264,7 @@ def labeler_stats(db: Session, prompt_set_id: int | None = None) -> tuple[list[L
             s = people.get(uid)
             if s is None:
                 continue
-            if status == "active":
+            if status == SubmissionStatus.ACTIVE:
                 setattr(s, attr, getattr(s, attr) + n)
             else:
                 s.requeued += n
@@ -372,9 +279,9 @@ def labeler_stats(db: Session, prompt_set_id: int | None = None) -> tuple[list[L
         if s is None:
             continue
         s.tasks += n
-        if status == "skipped":
+        if status == TaskStatus.SKIPPED:
             s.skips += n
-        if status in ("skipped", "submitted", "requeued"):
+        if status in (TaskStatus.SKIPPED, TaskStatus.SUBMITTED, TaskStatus.REQUEUED):
             done[uid] += n
     for uid, n in done.items():
         if n:
@@ -406,13 +313,13 @@ def labeler_stats(db: Session, prompt_set_id: int | None = None) -> tuple[list[L
 
 
 def _agreement(db: Session, people: dict[int, LabelerStats], prompt_set_id: int | None) -> dict[str, Any]:
-    shared = select(Ranking.prompt_id).where(Ranking.status == "active")
+    shared = select(Ranking.prompt_id).where(Ranking.status == SubmissionStatus.ACTIVE)
     if prompt_set_id is not None:
         shared = shared.join(Prompt, Prompt.id == Ranking.prompt_id).where(Prompt.prompt_set_id == prompt_set_id)
     shared = shared.group_by(Ranking.prompt_id).having(func.count(func.distinct(Ranking.labeler_id)) > 1)
     rows = db.execute(
         select(Ranking.prompt_id, Ranking.labeler_id, Ranking.ranking)
-        .where(Ranking.status == "active", Ranking.prompt_id.in_(shared))
+        .where(Ranking.status == SubmissionStatus.ACTIVE, Ranking.prompt_id.in_(shared))
         .order_by(Ranking.prompt_id, Ranking.id)
         .execution_options(yield_per=2000)
     )
@@ -468,7 +375,7 @@ def _gold(db: Session, people: dict[int, LabelerStats], prompt_set_id: int | Non
     q = (
         select(Ranking.labeler_id, Ranking.ranking, Prompt.gold_ranking)
         .join(Prompt, Prompt.id == Ranking.prompt_id)
-        .where(Ranking.status == "active", Prompt.is_gold.is_(True))
+        .where(Ranking.status == SubmissionStatus.ACTIVE, Prompt.is_gold.is_(True))
         .execution_options(yield_per=2000)
     )
     if prompt_set_id is not None:

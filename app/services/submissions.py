@@ -1,7 +1,7 @@
 """Submissions on tasks: rankings, demonstrations, skips, and undo.
 
 Every function takes the task's row lock first (PostgreSQL; on SQLite the caller's
-:func:`app.services.tasks.transact` holds the write lock), so a double submit is
+:func:`app.db.transact` holds the write lock), so a double submit is
 serialised: the second one finds the first one's row.
 
 Idempotency: a submission stores the SHA-256 of its canonical payload. Sending the
@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.models import FLAGS, Demonstration, Ranking, Task, User
+from app.models import FLAGS, Demonstration, Ranking, SubmissionStatus, Task, TaskStatus, User
 from app.models.base import utcnow
 from app.services.errors import Conflict, Invalid
-from app.services.tasks import lease_is_live, own_task, relet_expired
+from app.services.leases import lease_is_live, lease_until, relet_expired
+from app.services.task_states import LEASED, SKIPPED, SUBMITTED, enter_state, own_task
 
 SubmissionT = TypeVar("SubmissionT", Ranking, Demonstration)
 
@@ -118,11 +119,11 @@ def _check_kind(task: Task, kind: str) -> None:
 def _check_open(db: Session, task: Task, now: datetime) -> None:
     """The task can take a first submission now: not skipped or requeued, and either its
     lease is live or (expired) its slot is still free."""
-    if task.status == "skipped":
+    if task.status == TaskStatus.SKIPPED:
         raise Conflict(f"task {task.id} was skipped; ask for a new task")
-    if task.status == "requeued":
+    if task.status == TaskStatus.REQUEUED:
         raise Conflict(f"task {task.id} was sent back by an admin; ask for a new task")
-    if task.status == "submitted":
+    if task.status == TaskStatus.SUBMITTED:
         raise Conflict(f"task {task.id} is already submitted")
     if not lease_is_live(task, now):
         relet_expired(db, task, now)
@@ -148,7 +149,7 @@ def _store(
     that was undone elsewhere is replaced.
     """
     existing = db.scalar(select(model).where(model.task_id == task.id))
-    if existing is not None and task.status == "submitted":
+    if existing is not None and task.status == TaskStatus.SUBMITTED:
         if existing.payload_hash == payload_hash:
             return existing, False
         raise Conflict(f"task {task.id} already has a different {what}; undo it first to change it")
@@ -161,13 +162,12 @@ def _store(
         prompt_id=task.prompt_id,
         labeler_id=task.labeler_id,
         payload_hash=payload_hash,
-        status="active",
+        status=SubmissionStatus.ACTIVE.value,
         created_at=now,
         **fields,
     )
     db.add(row)
-    task.status = "submitted"
-    task.submitted_at = now
+    enter_state(task, SUBMITTED, submitted_at=now)
     db.flush()
     return row, True
 
@@ -191,7 +191,7 @@ def submit_ranking(
 
     ``ranking`` is best-first groups of completion ids (ties allowed, order inside a group
     does not matter); ``ratings`` maps completion ids to ``{"likert": 1-7, "flags": [...]}``.
-    Run it inside :func:`app.services.tasks.transact`.
+    Run it inside :func:`app.db.transact`.
     """
     now = now or utcnow()
     task = own_task(db, task_id, user, lock=True)
@@ -254,16 +254,16 @@ def skip_task(db: Session, task_id: int, user: User, *, reason: str | None = Non
     """Give a task back without an answer. The slot frees at once and this labeler does not
     get the prompt again. Skipping a skipped task again is a no-op."""
     task = own_task(db, task_id, user, lock=True)
-    if task.status == "skipped":
+    if task.status == TaskStatus.SKIPPED:
         return task
-    if task.status == "submitted":
+    if task.status == TaskStatus.SUBMITTED:
         raise Conflict(f"task {task.id} is already submitted; undo the submission first to skip it")
-    if task.status == "requeued":
+    if task.status == TaskStatus.REQUEUED:
         raise Conflict(f"task {task.id} was sent back by an admin; there is nothing to skip")
     reason = (reason or "").strip()
     if len(reason) > MAX_SKIP_REASON_CHARS:
         raise Invalid(f"skip reason is too long ({len(reason)} characters; at most {MAX_SKIP_REASON_CHARS})")
-    task.status = "skipped"
+    enter_state(task, SKIPPED)
     task.skip_reason = reason or None
     db.flush()
     return task
@@ -289,13 +289,13 @@ def undo_submission(
     """
     now = now or utcnow()
     task = own_task(db, task_id, user, lock=True)
-    if task.status == "requeued":
+    if task.status == TaskStatus.REQUEUED:
         raise Conflict(f"task {task.id} was sent back by an admin; it cannot be undone")
-    if task.status != "submitted" or task.submitted_at is None:
+    if task.status != TaskStatus.SUBMITTED or task.submitted_at is None:
         raise Conflict(f"task {task.id} has no submission to undo (it is {task.status})")
     last = db.scalar(
         select(Task.id)
-        .where(Task.labeler_id == user.id, Task.status == "submitted")
+        .where(Task.labeler_id == user.id, Task.status == TaskStatus.SUBMITTED)
         .order_by(Task.submitted_at.desc(), Task.id.desc())
         .limit(1)
     )
@@ -325,8 +325,6 @@ def undo_submission(
         demo = db.scalar(select(Demonstration).where(Demonstration.task_id == task.id))
         previous = {"text": demo.text, "time_spent_s": demo.time_spent_s} if demo else {}
         db.execute(delete(Demonstration).where(Demonstration.task_id == task.id))
-    task.status = "leased"
-    task.submitted_at = None
-    task.lease_expires_at = now + timedelta(minutes=lease_minutes)
+    enter_state(task, LEASED, lease_expires_at=lease_until(now, lease_minutes))
     db.flush()
     return task, previous

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.db import is_postgres
 from app.models import RunLog, RunMetric, TrainingRun, Worker
 from app.models.base import utcnow
 
@@ -109,7 +110,7 @@ def claim_run(db: Session, worker_id: str) -> tuple[TrainingRun, Lease] | None:
     """Claim the oldest queued run for ``worker_id`` and commit; None when nothing is queued."""
     now = utcnow()
     values = dict(status="running", worker_id=worker_id, heartbeat_at=now, cancel_requested=False)
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgres(db):
         run = db.scalars(
             select(TrainingRun)
             .where(TrainingRun.status == "queued")
@@ -181,7 +182,7 @@ def update_run(db: Session, lease: Lease, **values: Any) -> bool:
 def locked_run(db: Session, lease: Lease) -> TrainingRun | None:
     """The run row, locked on PostgreSQL, if the lease still holds (for the final write)."""
     query = select(TrainingRun).where(_owned(lease))
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgres(db):
         query = query.with_for_update()
     return db.scalars(query).first()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -26,8 +25,7 @@ def list_audit(
     before_id: Annotated[int | None, Query(description="page backwards from this id")] = None,
 ) -> list[AuditEntryOut]:
     """Newest first: who did what, to what, when."""
-    entries = audit_view.list_entries(
+    return audit_view.list_entries(
         db, action=action, actor=actor, target_type=target_type, target_id=target_id,
         limit=limit, before_id=before_id,
     )
-    return [AuditEntryOut(**asdict(e)) for e in entries]

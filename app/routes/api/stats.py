@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter
 
 from app.deps import DB, ApiAdmin
@@ -33,4 +31,4 @@ def requeue_labeler(user_id: int, db: DB, admin: ApiAdmin, body: RequeueIn | Non
         db, admin.user, user_id, body.prompt_set_id, include_demonstrations=body.include_demonstrations
     )
     db.commit()
-    return RequeueOut(**asdict(result))
+    return result

@@ -1,6 +1,6 @@
 """Labeling API: claim tasks with leases, submit rankings and demonstrations, skip, undo.
 
-Every write runs in :func:`app.services.tasks.transact`, which commits before the
+Every write runs in :func:`app.db.transact`, which commits before the
 response and retries on serialization failures, deadlocks and a busy SQLite database.
 """
 
@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.config import Settings
+from app.db import transact
 from app.deps import DB, ApiUser
 from app.models import Demonstration, Ranking
 from app.schemas.tasks import (
@@ -24,7 +25,7 @@ from app.schemas.tasks import (
     TaskOut,
     TaskStatusOut,
 )
-from app.services import submissions, tasks
+from app.services import claims, leases, prompt_sets, submissions, tasks
 from app.services.submissions import undo_deadline
 
 router = APIRouter(tags=["tasks"])
@@ -62,7 +63,7 @@ def next_task(body: NextTaskIn, request: Request, db: DB, principal: ApiUser) ->
     settings = _settings(request)
 
     def claim() -> dict[str, Any] | None:
-        task = tasks.next_task(
+        task = claims.next_task(
             db,
             principal.user,
             body.prompt_set_id,
@@ -72,7 +73,7 @@ def next_task(body: NextTaskIn, request: Request, db: DB, principal: ApiUser) ->
         )
         return None if task is None else tasks.task_view(db, task)
 
-    view = tasks.transact(db, claim)
+    view = transact(db, claim)
     if view is None:
         return Response(status_code=204)
     return TaskOut.model_validate(view)
@@ -81,8 +82,7 @@ def next_task(body: NextTaskIn, request: Request, db: DB, principal: ApiUser) ->
 @router.get("/tasks/progress", response_model=ProgressOut)
 def my_progress(prompt_set_id: int, db: DB, principal: ApiUser) -> ProgressOut:
     """The caller's own counts in a set and what is left for them (for the empty state)."""
-    ps = tasks.get_prompt_set(db, prompt_set_id)
-    return ProgressOut.model_validate(vars(tasks.progress(db, principal.user, ps)))
+    return tasks.progress(db, principal.user, prompt_sets.get_prompt_set(db, prompt_set_id))
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut)
@@ -97,10 +97,10 @@ def renew(task_id: int, request: Request, db: DB, principal: ApiUser) -> TaskOut
     settings = _settings(request)
 
     def work() -> dict[str, Any]:
-        task = tasks.renew_lease(db, task_id, principal.user, lease_minutes=settings.lease_minutes)
+        task = leases.renew_lease(db, task_id, principal.user, lease_minutes=settings.lease_minutes)
         return tasks.task_view(db, task)
 
-    return TaskOut.model_validate(tasks.transact(db, work))
+    return TaskOut.model_validate(transact(db, work))
 
 
 @router.post(
@@ -127,7 +127,7 @@ def submit_ranking(
         )
         return _ranking_out(row, settings), created
 
-    out, created = tasks.transact(db, work)
+    out, created = transact(db, work)
     if not created:
         response.status_code = 200
     return out
@@ -155,7 +155,7 @@ def submit_demonstration(
         )
         return _demonstration_out(row, settings), created
 
-    out, created = tasks.transact(db, work)
+    out, created = transact(db, work)
     if not created:
         response.status_code = 200
     return out
@@ -169,7 +169,7 @@ def skip(task_id: int, db: DB, principal: ApiUser, body: SkipIn | None = None) -
         task = submissions.skip_task(db, task_id, principal.user, reason=(body or SkipIn()).reason)
         return TaskStatusOut.model_validate(task)
 
-    return tasks.transact(db, work)
+    return transact(db, work)
 
 
 @router.post("/tasks/{task_id}/undo", response_model=TaskOut)
@@ -188,4 +188,4 @@ def undo(task_id: int, request: Request, db: DB, principal: ApiUser) -> TaskOut:
         )
         return {**tasks.task_view(db, task), "previous": previous}
 
-    return TaskOut.model_validate(tasks.transact(db, work))
+    return TaskOut.model_validate(transact(db, work))

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from app.routes.pages import admin, auth, label
+from app.routes.pages import admin, admin_people, admin_sets, auth, label
 
 pages_router = APIRouter()
-for module in (auth, label, admin):
+for module in (auth, label, admin, admin_sets, admin_people):
     pages_router.include_router(module.router)

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 
 from app.deps import DB, PageUser
 from app.models import FLAGS
-from app.services import tasks
+from app.services import prompt_sets, tasks
 from app.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -59,12 +59,12 @@ def _page_config(request: Request, mode: str, prompt_set_id: int) -> dict[str, A
 @router.get("/label", response_class=HTMLResponse)
 def label_home(request: Request, db: DB, principal: PageUser) -> HTMLResponse:
     """Active prompt sets with this labeler's own progress and what is left for them."""
-    rows = [(ps, tasks.progress(db, principal.user, ps)) for ps in tasks.active_sets(db)]
+    rows = [(ps, tasks.progress(db, principal.user, ps)) for ps in prompt_sets.active_prompt_sets(db, by_name=True)]
     return render(request, "label/index.html", principal, rows=rows)
 
 
 def _work_page(request: Request, db: DB, principal: PageUser, prompt_set_id: int, mode: str) -> HTMLResponse:
-    ps = tasks.get_prompt_set(db, prompt_set_id)
+    ps = prompt_sets.get_prompt_set(db, prompt_set_id)
     return render(
         request,
         f"label/{mode}.html",

@@ -1,0 +1,215 @@
+"""Claiming a task: which prompt a labeler gets next, race-free on both backends.
+
+The claimer's own live lease comes back first, then a lapsed one whose slot is still free
+(app/services/leases.py); otherwise a new task on the first open prompt. Open means: the
+prompt has a free slot this labeler is not kept off (app/services/slots.py) and, for
+ranking, a served policy with K ready completions (app/services/serving.py). Prompts that
+others have started come first, so overlapping judgements complete, then by id. Gold
+prompts are mixed in at ``gold_rate`` and served once per labeler whatever the policy.
+
+On PostgreSQL the claimer locks its own user row (so one labeler's parallel requests are
+serialised), then a candidate prompt row with ``SELECT ... FOR NO KEY UPDATE SKIP
+LOCKED`` (the ``FOR UPDATE`` strength that does not block foreign-key inserts such as new
+completions), and recounts the slots in a fresh statement while holding the lock before
+it inserts the task. On SQLite the whole claim is one ``BEGIN IMMEDIATE`` write
+transaction. Run :func:`next_task` inside :func:`app.db.transact`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, select
+from sqlalchemy.orm import Session
+
+from app.models import TASK_KINDS, Prompt, PromptSet, Task, User
+from app.models.base import UTCDateTime, utcnow
+from app.services.errors import Invalid
+from app.services.leases import expire_lapsed, held_task, lease_until, relet_lapsed
+from app.services.prompt_sets import get_prompt_set, is_serving
+from app.services.serving import served_completions, served_pairs
+from app.services.slots import check_slot, labeler_has, taken_slots
+from app.services.task_states import LEASED
+
+
+def open_prompts(
+    ps: PromptSet | Any, kind: str, labeler_id: Any, now: datetime, *columns: Any, served: Any = None
+) -> Select[Any]:
+    """``select(*columns)`` over the prompts of ``ps`` this labeler can be given a task for
+    now (gold prompts aside), in claiming order.
+
+    Rank: joined to the prompt's served (prompt, policy) pair (``served``: the
+    :func:`~app.services.serving.served_pairs` of ``ps`` to reuse), which must have a free
+    slot the labeler is not kept off. Demonstrate: the prompt wants demonstrations and has
+    a free slot the labeler is not kept off.
+    """
+    if kind == "rank":
+        served = served_pairs(ps) if served is None else served
+        taken = taken_slots(kind, now, served.c.policy_id)
+        query = (
+            select(*columns)
+            .select_from(Prompt)
+            .join(served, served.c.prompt_id == Prompt.id)
+            .where(~labeler_has(kind, labeler_id, now, served.c.policy_id))
+        )
+    else:
+        taken = taken_slots(kind, now)
+        query = (
+            select(*columns)
+            .where(Prompt.prompt_set_id == ps.id, Prompt.wants_demonstration.is_(True))
+            .where(~labeler_has(kind, labeler_id, now))
+        )
+    return query.where(taken < ps.overlap).order_by(taken.desc(), Prompt.id)
+
+
+def _gold_conditions(ps: Any, labeler_id: Any, now: datetime) -> list[ColumnElement[bool]]:
+    return [
+        Prompt.prompt_set_id == ps.id,
+        Prompt.is_gold.is_(True),
+        Prompt.gold_ranking.is_not(None),
+        ~labeler_has("rank", labeler_id, now),
+    ]
+
+
+class _SetParams:
+    """Bind parameters standing in for a prompt set's id, K and overlap in the claim
+    statements, which are built once (:func:`_claim_statement`)."""
+
+    id = bindparam("ps_id", type_=Integer)
+    k = bindparam("ps_k", type_=Integer)
+    overlap = bindparam("ps_overlap", type_=Integer)
+
+
+_claim_statements: dict[tuple[str, bool], Any] = {}
+
+
+def _claim_statement(which: str, skip_locked: bool) -> Any:
+    """The claim query of ``which`` (rank, demonstrate or gold): the first open prompt not
+    in ``rejected``, locked. Built once per process with bind parameters and then reused:
+    building it (aliases, correlated subqueries, the served pairs) took about 10 ms of CPU,
+    the largest single cost of a claim request under load (docs/benchmarks.md, "Load"), and
+    a reused statement also keeps its memoized cache key. Parameters: ``ps_id``, ``ps_k``,
+    ``ps_overlap``, ``labeler_id``, ``now`` and ``rejected`` (see :func:`next_task`).
+    """
+    key = (which, skip_locked)
+    stmt = _claim_statements.get(key)
+    if stmt is None:
+        ps: Any = _SetParams
+        labeler_id: Any = bindparam("labeler_id", type_=Integer)
+        now: Any = bindparam("now", type_=UTCDateTime())
+        if which == "gold":
+            base = select(Prompt).where(*_gold_conditions(ps, labeler_id, now)).order_by(Prompt.id)
+        else:
+            base = open_prompts(ps, which, labeler_id, now, Prompt)
+        stmt = (
+            base.where(Prompt.id.not_in(bindparam("rejected", expanding=True)))
+            .limit(1)
+            .with_for_update(of=Prompt, skip_locked=skip_locked, key_share=True)
+            .execution_options(populate_existing=True)
+        )
+        _claim_statements[key] = stmt
+    return stmt
+
+
+def _claim_from(
+    db: Session,
+    which: str,
+    params: dict[str, Any],
+    accept: Callable[[Prompt], bool],
+    max_tries: int = 50,
+) -> Prompt | None:
+    """Lock the first prompt of the ``which`` claim query that ``accept`` (a recount under
+    the lock) agrees to.
+
+    First pass skips prompts other claimers hold locked; when that finds nothing, a second
+    pass waits for them, so a set with free slots never answers "nothing left" only
+    because someone else was claiming at the same moment.
+    """
+    rejected: list[int] = []
+    for skip_locked in (True, False):
+        query = _claim_statement(which, skip_locked)
+        for _ in range(max_tries):
+            prompt = db.scalar(query, {**params, "rejected": list(rejected)})
+            if prompt is None:
+                break
+            if accept(prompt):
+                return prompt
+            rejected.append(prompt.id)
+    return None
+
+
+def next_task(
+    db: Session,
+    user: User,
+    prompt_set_id: int,
+    kind: str,
+    *,
+    lease_minutes: float,
+    gold_rate: float = 0.0,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> Task | None:
+    """The labeler's task in this set: their live lease if they hold one, else a new one.
+
+    Returns None when nothing is left for them (or the set is paused or archived). Run it
+    inside :func:`app.db.transact`.
+    """
+    if kind not in TASK_KINDS:
+        raise Invalid(f"kind must be one of {', '.join(TASK_KINDS)}, not {kind!r}")
+    now = now or utcnow()
+    rng = rng or random.Random()
+    ps = get_prompt_set(db, prompt_set_id)
+    if not is_serving(ps):
+        return None
+    # Serialise this labeler's own concurrent requests (two tabs, double clicks).
+    db.execute(select(User.id).where(User.id == user.id).with_for_update(key_share=True))
+    held = held_task(db, user.id, ps.id, kind, now) or relet_lapsed(db, user.id, ps, kind, now, lease_minutes)
+    if held is not None:
+        return held
+    expire_lapsed(db, user.id, now)
+
+    chosen: dict[int, tuple[int | None, list[int]]] = {}
+
+    def accept(prompt: Prompt) -> bool:
+        # Under the prompt's lock: pick the policy to show first, then recount its slots.
+        served: tuple[int | None, list[int]] | None = (None, [])
+        if kind == "rank":
+            served = served_completions(db, prompt, ps.k)
+            if served is None:
+                return False
+        if not check_slot(db, prompt, kind, user.id, ps.overlap, now, policy_id=served[0]).ok:
+            return False
+        chosen[prompt.id] = served
+        return True
+
+    params = {"ps_id": ps.id, "ps_k": ps.k, "ps_overlap": ps.overlap, "labeler_id": user.id, "now": now}
+    prompt: Prompt | None = None
+    if kind == "rank" and gold_rate > 0 and rng.random() < gold_rate:
+        prompt = _claim_from(db, "gold", params, accept)
+    if prompt is None:
+        prompt = _claim_from(db, kind, params, accept)
+    if prompt is None:
+        return None
+
+    policy_id, completion_ids = chosen[prompt.id]
+    task = Task(
+        prompt_id=prompt.id,
+        prompt_set_id=ps.id,
+        labeler_id=user.id,
+        kind=kind,
+        status=LEASED.value,
+        completion_ids=[],
+        policy_id=policy_id,
+        lease_expires_at=lease_until(now, lease_minutes),
+        created_at=now,
+    )
+    db.add(task)
+    db.flush()
+    ids = list(completion_ids)
+    random.Random(f"task:{task.id}").shuffle(ids)  # display order: deterministic per task
+    task.completion_ids = ids
+    db.flush()
+    return task

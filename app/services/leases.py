@@ -1,0 +1,129 @@
+"""Leases: a labeler's timed hold on a task, and what happens when it lapses.
+
+A claim (app/services/claims.py) hands out a lease of ``settings.lease_minutes``; the
+page renews it while the labeler works. A lapsed lease frees its slot at once
+(app/services/slots.py) but the row stays ``leased`` until its labeler claims again
+(then it is ``expired``). Coming back to a lapsed task - to renew it, submit it, or be
+given it again - is allowed while its slot is still free.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.models import PromptSet, Task, TaskStatus, User
+from app.models.base import utcnow
+from app.services.errors import Conflict
+from app.services.prompt_sets import get_prompt_set
+from app.services.slots import MINE, check_slot, live_lease, lock_prompt
+from app.services.task_states import EXPIRED, LEASED, enter_state, entered_from, own_task
+
+
+def lease_until(now: datetime, lease_minutes: float) -> datetime:
+    return now + timedelta(minutes=lease_minutes)
+
+
+def lease_is_live(task: Task, now: datetime) -> bool:
+    """The task is leased and its lease has not lapsed (so it holds a slot)."""
+    return task.status == TaskStatus.LEASED and task.lease_expires_at > now
+
+
+def held_task(db: Session, labeler_id: int, prompt_set_id: int, kind: str, now: datetime) -> Task | None:
+    """The labeler's oldest live lease in this set and kind, if any."""
+    return db.scalar(
+        select(Task)
+        .where(
+            Task.labeler_id == labeler_id,
+            Task.prompt_set_id == prompt_set_id,
+            Task.kind == kind,
+            live_lease(now),
+        )
+        .order_by(Task.created_at, Task.id)
+        .limit(1)
+    )
+
+
+def relet_lapsed(
+    db: Session, labeler_id: int, ps: PromptSet, kind: str, now: datetime, lease_minutes: float
+) -> Task | None:
+    """Back after the lease ran out (a break, a reload): the labeler's latest lapsed task in
+    this set and kind, leased again if its slot is still free, so the page can restore
+    what they had entered. None when there is none or its slot was taken."""
+    stale = db.scalar(
+        select(Task)
+        .where(
+            Task.labeler_id == labeler_id,
+            Task.prompt_set_id == ps.id,
+            Task.kind == kind,
+            or_(
+                Task.status == TaskStatus.EXPIRED,
+                and_(Task.status == TaskStatus.LEASED, Task.lease_expires_at <= now),
+            ),
+        )
+        .order_by(Task.lease_expires_at.desc(), Task.id.desc())
+        .limit(1)
+    )
+    if stale is None:
+        return None
+    prompt = lock_prompt(db, stale.prompt_id)
+    check = check_slot(
+        db, prompt, kind, labeler_id, ps.overlap, now, exclude_task_id=stale.id, policy_id=stale.policy_id
+    )
+    if not check.ok:
+        return None
+    enter_state(stale, LEASED, lease_expires_at=lease_until(now, lease_minutes))
+    db.flush()
+    return stale
+
+
+def expire_lapsed(db: Session, labeler_id: int, now: datetime) -> None:
+    """Mark the labeler's lapsed leases ``expired`` (one UPDATE)."""
+    db.execute(
+        update(Task)
+        .where(
+            Task.labeler_id == labeler_id,
+            Task.status.in_(entered_from(EXPIRED)),  # leased
+            Task.lease_expires_at <= now,
+        )
+        .values(status=EXPIRED.value)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def relet_expired(db: Session, task: Task, now: datetime) -> None:
+    """Let a labeler keep working on a task whose lease ran out, if its slot is still free.
+
+    Locks the prompt and recounts; raises Conflict when another labeler took the slot.
+    """
+    prompt = lock_prompt(db, task.prompt_id)
+    ps = get_prompt_set(db, task.prompt_set_id)
+    check = check_slot(
+        db, prompt, task.kind, task.labeler_id, ps.overlap, now, exclude_task_id=task.id, policy_id=task.policy_id
+    )
+    if not check.ok:
+        why = (
+            "you have a newer task for the same prompt"
+            if check.reason == MINE
+            else "another labeler has taken its slot"
+        )
+        raise Conflict(
+            f"the lease on task {task.id} expired at {task.lease_expires_at:%H:%M} UTC and {why}; "
+            "ask for a new task"
+        )
+
+
+def renew_lease(db: Session, task_id: int, user: User, *, lease_minutes: float, now: datetime | None = None) -> Task:
+    """Extend the lease of an own task that is being worked on (the page calls it while
+    the labeler is active). An expired lease is renewed only if its slot is still free."""
+    now = now or utcnow()
+    task = own_task(db, task_id, user, lock=True)
+    if task.status not in (TaskStatus.LEASED, TaskStatus.EXPIRED):
+        raise Conflict(f"task {task.id} is {task.status}; there is no lease to renew")
+    if not lease_is_live(task, now):
+        relet_expired(db, task, now)
+    enter_state(task, LEASED, lease_expires_at=max(task.lease_expires_at, lease_until(now, lease_minutes)))
+    db.flush()
+    return task
