@@ -41,6 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.services.rankings import (
+    pairs_from_ranking,  # the one home of ranking arithmetic (torch-free)
+)
 from trainer.config import RMConfig, epochs_for
 
 from .common import (
@@ -216,20 +219,6 @@ class RankingExample:
     completions: list[str]
     ranking: list[list[int]]
     all_unacceptable: bool = False
-
-
-def pairs_from_ranking(ranking: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """Ordered ``(winner, loser)`` pairs a best-first grouped ranking implies.
-
-    Every member of an earlier group beats every member of each later group; members of
-    the same group (a tie) form no pair. ``[[0], [2, 1], [3]]`` gives
-    ``(0,2), (0,1), (0,3), (2,3), (1,3)``.
-    """
-    pairs: list[tuple[int, int]] = []
-    for gi, better in enumerate(ranking):
-        for worse in ranking[gi + 1 :]:
-            pairs.extend((w, l) for w in better for l in worse)
-    return pairs
 
 
 @dataclass
