@@ -345,7 +345,8 @@ class TransformersGenerator(BaseGenerator):
             attention[row, width - len(ids) :] = 1
         return input_ids.to(self.model.device), attention.to(self.model.device)
 
-    def _sampling_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+    @staticmethod
+    def _sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         """Explicit values for everything that shapes the distribution, so a checkpoint's
         generation_config (top_k=50 default, repetition_penalty, ...) cannot alter it."""
         if params.greedy:

@@ -55,7 +55,7 @@ def bootstrap_policy(s: Settings, base: str | None = None, database: Database | 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the rlhf app."""
-    policy_app = typer.Typer(help="The policy registry: bootstrap v0, list, deploy.", no_args_is_help=True)
+    policy_app = typer.Typer(help="The policy registry: bootstrap v0, list, deploy, serve.", no_args_is_help=True)
     app.add_typer(policy_app, name="policy")
 
     @policy_app.command("bootstrap")
@@ -110,6 +110,30 @@ def register(app: typer.Typer) -> None:
             found = policies.find_policy(db, policy)
             deployed = policies.deploy_policy(db, None, found.id, reason="cli")
             console.print(f"deployed policy v{deployed.version} (id {deployed.id})")
+
+
+    @policy_app.command("serve")
+    def serve(
+        policy: Annotated[str, typer.Argument(metavar="VERSION", help="a version like v3, or the policy id")],
+        port: Annotated[int, typer.Option(help="port to listen on")] = 8001,
+        host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+        backend: Annotated[str, typer.Option(help="auto (vLLM on a GPU when installed), transformers or vllm")] = "auto",
+    ) -> None:
+        """Serve a policy version as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models)."""
+        configure_logging()
+        if backend not in ("auto", "transformers", "vllm"):
+            err_console.print(f"[red]error:[/red] unknown backend {backend!r}")
+            raise typer.Exit(2)
+        s = settings()
+        with session_scope() as db:
+            found = policies.find_policy(db, policy)
+            name, rel = f"v{found.version}", found.artifact_path
+        from trainer import artifacts
+        from trainer.serve import serve as run_server  # torch: only this command loads it
+
+        path = artifacts.resolve(s.resolved_artifacts_dir, rel)
+        console.print(f"serving policy {name} from {path} at http://{host}:{port}/v1 (model name {name!r})")
+        run_server(path, name, host=host, port=port, backend=backend)
 
 
 def _num(value: object) -> str:
