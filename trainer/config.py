@@ -1,7 +1,7 @@
 """Every hyper-parameter of a training round, declared once.
 
 Each stage has one config dataclass here (``SFTConfig``, ``RMConfig``, ``PPOConfig``,
-``DPOConfig``, ``EvalConfig``, ``GateConfig``); a field's metadata carries its help text,
+``DPOConfig``, ``EvalConfig``, ``GateConfig``, and the round's ``TrackingConfig``); a field's metadata carries its help text,
 bounds and choices. The stage functions in trainer/stages take these dataclasses; the
 web tier derives from them, through :data:`ROUND_KEYS`, the round config schema
 (``GET /api/v1/training/config``), its validation (:func:`validate_round_config`) and the
@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 ROUND_SEED_KEY = "seed"
 
@@ -260,6 +260,23 @@ class GateConfig:
     confidence: float = param(0.95, "confidence of the gates' intervals", min=0.5, max=0.999)
 
 
+#: The experiment trackers a round can report to (Accelerate's tracker names).
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+@dataclass
+class TrackingConfig:
+    """Where a round reports besides the database (trainer/tracking.py). A list-of-choices
+    field: the value is a list whose items are each one of ``choices``."""
+
+    report_to: list[str] | None = param(
+        None,
+        "experiment trackers the round reports to (a list of tensorboard, mlflow, wandb; [] = none); "
+        "null: the worker's RLHF_REPORT_TO",
+        choices=TRACKERS, key="report_to",
+    )
+
+
 #: The round config's sections: key prefix -> stage config class.
 SECTIONS: dict[str, type] = {
     "sft": SFTConfig,
@@ -268,6 +285,7 @@ SECTIONS: dict[str, type] = {
     "dpo": DPOConfig,
     "eval": EvalConfig,
     "deploy": GateConfig,
+    "tracking": TrackingConfig,
 }
 
 
@@ -287,7 +305,14 @@ class RoundKey:
     choices: tuple[str, ...] | None = None
 
     @property
+    def many(self) -> bool:
+        """A list-valued key (each item checked against ``choices``)."""
+        return self.type is list
+
+    @property
     def type_name(self) -> str:
+        if self.many:
+            return "choice list" if self.choices else "list"
         return "choice" if self.choices else self.type.__name__
 
 
@@ -296,7 +321,7 @@ def _field_type(cls: type, name: str) -> tuple[type, bool]:
     args = [a for a in get_args(hint) if a is not type(None)]
     nullable = type(None) in get_args(hint)
     base = args[0] if args else hint
-    return base, nullable
+    return get_origin(base) or base, nullable
 
 
 def _round_keys() -> dict[str, RoundKey]:
@@ -335,6 +360,13 @@ def _check_value(key: RoundKey, value: Any) -> Any:
         if key.nullable:
             return None
         raise ConfigError(f"config {name} cannot be null")
+    if key.many:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config {name} must be a list of strings")
+        bad = [v for v in value if key.choices is not None and v not in key.choices]
+        if bad:
+            raise ConfigError(f"config {name}: {', '.join(map(repr, bad))} not among {', '.join(key.choices or ())}")
+        return list(dict.fromkeys(value))  # each once, in the given order
     if key.choices is not None:
         if value not in key.choices:
             raise ConfigError(f"config {name} must be one of {', '.join(key.choices)}")
@@ -400,6 +432,7 @@ class StageConfigs:
     dpo: DPOConfig
     eval: EvalConfig
     deploy: GateConfig
+    tracking: TrackingConfig
 
 
 def stage_configs(config: dict[str, Any] | None) -> StageConfigs:
@@ -462,12 +495,14 @@ def markdown_table() -> str:
             return "true" if value else "false"
         if isinstance(value, str):
             return f"`{value}`"
+        if isinstance(value, list):
+            return f"`{value!r}`"
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     rows = ["| key | default | range | meaning |", "| --- | --- | --- | --- |"]
     for key in ROUND_KEYS.values():
         if key.choices:
-            bounds = " \\| ".join(key.choices)
+            bounds = ("list of " if key.many else "") + " \\| ".join(key.choices)
         elif key.minimum is not None or key.maximum is not None:
             lo = "" if key.minimum is None else f"{key.minimum:g}"
             hi = "" if key.maximum is None else f"{key.maximum:g}"

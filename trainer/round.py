@@ -156,13 +156,18 @@ class _Round:
     # -- the round --------------------------------------------------------------------
 
     def run(self) -> RoundResult:
-        job = self._load_job()
-        model = self._load_start_policy(job)
-        epoch_states = _EpochCheckpoints(self.settings.resolved_artifacts_dir, self.run_id)
         try:
-            return self._phases(job, model, epoch_states)
+            job = self._load_job()
+            model = self._load_start_policy(job)
+            epoch_states = _EpochCheckpoints(self.settings.resolved_artifacts_dir, self.run_id)
+            try:
+                return self._phases(job, model, epoch_states)
+            finally:
+                epoch_states.close()
         finally:
-            epoch_states.close()
+            if self.control.tracker is not None:
+                self.control.tracker.finish()
+                self.control.tracker = None
 
     def _phases(self, job: _Job, model: Any, epoch_states: _EpochCheckpoints) -> RoundResult:
         """The round, phase by phase (see the module docstring)."""
@@ -207,6 +212,7 @@ class _Round:
                 snapshot = take_snapshot(db, list(run.prompt_set_ids), run.started_at or run.created_at)
                 workers.update_run(db, self.lease, snapshot=snapshot)
             sampling = round_sampling(db, list(run.prompt_set_ids))
+            given_config = dict(run.config or {})
             already: set[int] = set()
             if "sft" in stages and cfg.sft.demonstrations == "new":
                 already = demonstrations_trained_by(db, db.get(Policy, base.id))
@@ -224,6 +230,7 @@ class _Round:
         job.cfg.ppo = with_sampling(job.cfg.ppo, sampling)
         job.cfg.eval = with_sampling(job.cfg.eval, sampling)
         self.plan = _plan(stages)
+        self._start_tracking(job, given_config, snapshot)
         self.enter("snapshot")
         counts = snapshot["counts"]
         self.control.log(
@@ -235,6 +242,31 @@ class _Round:
         )
         self.control.check()
         return job
+
+    def _start_tracking(self, job: _Job, given: dict[str, Any], snapshot: dict[str, Any]) -> None:
+        """Start the round's experiment trackers (config ``report_to``, else RLHF_REPORT_TO)."""
+        names = job.cfg.tracking.report_to
+        if names is None:
+            try:
+                names = self.settings.trackers
+            except ValueError as exc:
+                self.control.log(f"tracking: {exc}", "warning")
+                names = []
+        if not names:
+            return
+        from trainer.config import round_defaults
+        from trainer.tracking import RoundTracker, tracking_dir
+
+        directory = tracking_dir(self.settings.resolved_artifacts_dir, self.run_id)
+        tracker = RoundTracker(names, directory, self.run_id, warn=lambda m: self.control.log(m, "warning"))
+        tracker.config({
+            **round_defaults(), **given, "report_to": names, "run_id": self.run_id, "attempt": self.lease.attempt,
+            "stages": ",".join(job.stages), "base_policy_version": job.base.version,
+            "snapshot_sha256": snapshot.get("sha256", ""), "deploy": "force" if job.deploy_force else job.deploy,
+        })
+        if tracker.names:
+            self.control.log(f"tracking: reporting to {', '.join(tracker.names)} under {directory}")
+            self.control.tracker = tracker
 
     def _load_start_policy(self, job: _Job) -> Any:
         import torch
@@ -630,6 +662,10 @@ class _Round:
         summary = {k: v for k, v in out.items() if not isinstance(v, list)}
         self.metrics["eval"] = summary
         self.control.metric("eval", 0, summary)
+        if self.control.tracker is not None:
+            from trainer.tracking import evaluation_rows
+
+            self.control.tracker.table("eval/samples", evaluation_rows(out))
         self.control.log("evaluation: " + _fmt(summary, ("win_rate", "mean_score_new", "mean_score_prev",
                                                          "kl_from_prev", "kl_from_v0")))
         return out
@@ -744,6 +780,9 @@ class _Round:
             shutil.rmtree(dest, ignore_errors=True)
             raise
         logger.info("run %d: registered %s", self.run_id, summary)
+        if self.control.tracker is not None:
+            self.control.tracker.metrics({"round/policy_version": version, "round/deployed": float(
+                run_metrics["deployed"])}, 0)
         return RoundResult("succeeded", policy_id, summary, run_metrics)
 
 

@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+from typing import Any
 
 from app.db import Database
 from app.services import workers
@@ -56,6 +57,7 @@ class RunControl:
         self._dirty = False
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
+        self.tracker: Any = None  # a trainer.tracking.RoundTracker when the round reports to trackers
 
     # -- lease ------------------------------------------------------------------------
 
@@ -106,12 +108,17 @@ class RunControl:
         self.maybe_flush()
 
     def metric(self, stage: str, step: int, values: dict[str, float]) -> None:
+        """Buffer a step's metric points for ``run_metrics`` (and hand them to the trackers)."""
         name = STAGE_NAMES.get(stage, stage)
+        tracked: dict[str, float] = {}
         with self._lock:
             for key, value in values.items():
                 if value is None or (isinstance(value, float) and not math.isfinite(value)):
                     continue
                 self._points.append((name, int(step), key, float(value)))
+                tracked[f"{name}/{key}"] = float(value)
+        if self.tracker is not None and tracked:
+            self.tracker.metrics(tracked, int(step))
         self.maybe_flush()
 
     def maybe_flush(self) -> None:
