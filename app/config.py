@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         default=None, ge=1, description="CPU threads of the worker's torch ops; unset = one per core"
     )
+    train_launcher: str | None = Field(
+        default=None,
+        description="run each claimed round as a distributed job through this launcher, e.g. "
+        "'accelerate launch --config_file launchers/ddp.yaml' (unset: in the worker's process)",
+    )
     report_to: str = Field(
         default="",
         description="experiment trackers every round reports to unless its config sets report_to: "

@@ -30,8 +30,18 @@ _ARMED = frozenset(p.strip() for p in os.environ.get("RLHF_FAULT_PAUSE_AT", "").
 PAUSE_S = 3600.0
 
 
+#: ``RLHF_FAULT_KILL_AT=<point>@<rank>``: that rank of a distributed round SIGKILLs itself there.
+_KILL = frozenset(p.strip() for p in os.environ.get("RLHF_FAULT_KILL_AT", "").split(",") if p.strip())
+
+
 def pause_at(point: str) -> None:
-    """Sleep at ``point`` when RLHF_FAULT_PAUSE_AT names it (else return at once)."""
+    """Sleep at ``point`` when RLHF_FAULT_PAUSE_AT names it (else return at once); die
+    there when RLHF_FAULT_KILL_AT names it with this process's ``RANK``."""
+    if _KILL and f"{point}@{os.environ.get('RANK', '0')}" in _KILL:
+        import signal
+
+        logger.warning("fault injection: rank %s killed at %s", os.environ.get("RANK", "0"), point)
+        os.kill(os.getpid(), signal.SIGKILL)
     if point in _ARMED:
         logger.warning("fault injection: paused at %s", point)
         time.sleep(PAUSE_S)

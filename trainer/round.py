@@ -128,6 +128,8 @@ class _Round:
         self.gates: dict[str, Any] = {}
         self.plan: dict[str, StagePlan] = {}
         self.stage = "snapshot"
+        #: Only the main process of a distributed round writes (files, rows); one process always does.
+        self.writer = control.writer
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -157,9 +159,9 @@ class _Round:
 
     def run(self) -> RoundResult:
         try:
-            job = self._load_job()
+            job = self._load_job() if _world_size() == 1 else self._load_job_distributed()
             model = self._load_start_policy(job)
-            epoch_states = _EpochCheckpoints(self.settings.resolved_artifacts_dir, self.run_id)
+            epoch_states = _EpochCheckpoints(self.settings.resolved_artifacts_dir, self.run_id, _rank_tag())
             try:
                 return self._phases(job, model, epoch_states)
             finally:
@@ -198,6 +200,25 @@ class _Round:
         return self._promote(model, job, evaluation, rm_id)
 
     # -- inputs -----------------------------------------------------------------------
+
+    def _load_job_distributed(self) -> _Job:
+        """The main process reads the run (taking the snapshot on a first attempt), then the
+        other ranks read the same row: every rank trains on the same snapshot and config."""
+        import torch.distributed as dist
+
+        job, error = None, ""
+        if self.writer:
+            try:
+                job = self._load_job()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the others
+                error, raised = f"{type(exc).__name__}: {exc}", exc
+        told = [error]
+        dist.broadcast_object_list(told, src=0)
+        if error:
+            if self.writer:
+                raise raised
+            raise RoundError(f"the main process could not start the round: {told[0]}")
+        return job if job is not None else self._load_job()
 
     def _load_job(self) -> _Job:
         with self.database.session() as db:
@@ -252,7 +273,7 @@ class _Round:
             except ValueError as exc:
                 self.control.log(f"tracking: {exc}", "warning")
                 names = []
-        if not names:
+        if not names or not self.writer:
             return
         from trainer.config import round_defaults
         from trainer.tracking import RoundTracker, tracking_dir
@@ -277,6 +298,12 @@ class _Round:
 
         self.device = pick_device()
         self.accelerator = make_accelerator(self.device.type)
+        if self.accelerator.num_processes > 1:
+            self.device = self.accelerator.device  # this rank's device (cuda:<local rank> on GPUs)
+            self.control.log(
+                f"distributed round: {self.accelerator.num_processes} processes "
+                f"({self.accelerator.distributed_type}); this is the main process"
+            )
         self.control.log(
             f"training on {_describe_device(self.device)} from policy v{job.base.version} ({job.base_dir.name})"
         )
@@ -516,7 +543,9 @@ class _Round:
             out.extend(zip(chunk, samples.response_texts))
         return out
 
-    def _save_reward_model(self, rm: Any, metrics: dict[str, Any]) -> int:
+    def _save_reward_model(self, rm: Any, metrics: dict[str, Any]) -> int | None:
+        if not self.writer:
+            return None
         root = self.settings.resolved_artifacts_dir
         staging = artifacts.staging_dir(root, artifacts.REWARD_MODELS, f"run{self.run_id}")
         rm.save(staging, tokenizer=self.tokenizer, extra={"training_run_id": self.run_id})
@@ -698,6 +727,8 @@ class _Round:
         metrics = {**self._summary_metrics(), "summary": summary}
         if rm_id is not None:
             metrics["reward_model_id"] = rm_id
+        if not self.writer:
+            return RoundResult("succeeded", None, summary, metrics)
         self.control.flush()
         self.control.done = True
         with self.database.session() as db:
@@ -727,6 +758,8 @@ class _Round:
         root = self.settings.resolved_artifacts_dir
         deploy, gate_note = self._deploy_decision(job, evaluation)
         self.control.check()
+        if not self.writer:  # the main process saves and registers the (identical) weights
+            return RoundResult("succeeded", None, "registered by the main process")
         staging = artifacts.staging_dir(root, artifacts.POLICIES, f"run{self.run_id}")
         save_policy_atomic(model, self.tokenizer, staging)
         try:
@@ -793,8 +826,8 @@ class _EpochCheckpoints:
     ``<artifacts>/policies/.epochs-run<id>-*/epoch<N>.safetensors`` and read back by index.
     """
 
-    def __init__(self, artifacts_dir: Path, run_id: int) -> None:
-        self.dir = artifacts.staging_dir(artifacts_dir, artifacts.POLICIES, f"epochs-run{run_id}")
+    def __init__(self, artifacts_dir: Path, run_id: int, tag: str = "") -> None:
+        self.dir = artifacts.staging_dir(artifacts_dir, artifacts.POLICIES, f"epochs-run{run_id}{tag}")
         self.count = 0
 
     def append(self, state: dict[str, Any]) -> None:
@@ -836,9 +869,9 @@ class _CancelledLate(Exception):
 
 
 def run_round(database: Database, settings: Settings, control: RunControl) -> RoundResult:
-    """Run the leased round to its end and record the outcome; never raises for a bad run."""
-    from trainer.stages import Cancelled
-
+    """Run the leased round to its end and record the outcome; never raises for a bad run
+    (in a distributed round, a non-main rank's error or a collective failure is raised: the
+    launched job then exits non-zero and the worker requeues the attempt)."""
     state = _Round(database, settings, control)
     try:
         try:
@@ -846,6 +879,18 @@ def run_round(database: Database, settings: Settings, control: RunControl) -> Ro
         finally:
             control.done = True
             _free_memory()
+    except BaseException as exc:
+        if _world_size() > 1 and (not control.writer or _peer_failure(exc)):
+            raise  # the launch child exits non-zero; the worker requeues the attempt
+        return _settle(database, control, state, exc)
+
+
+def _settle(database: Database, control: RunControl, state: _Round, exc: BaseException) -> RoundResult:
+    """Record how a round that raised ended (cancelled, requeued, lost or failed)."""
+    from trainer.stages import Cancelled
+
+    try:
+        raise exc
     except (Cancelled, _CancelledLate):
         if control.lost:
             return _lost(control)
@@ -874,6 +919,38 @@ def run_round(database: Database, settings: Settings, control: RunControl) -> Ro
         except Exception:  # noqa: BLE001
             logger.exception("run %d: could not record the failure", control.lease.run_id)
         return RoundResult("failed", summary=error)
+
+
+def _world_size() -> int:
+    """Processes of this round: >1 only inside a launched distributed round."""
+    try:
+        import torch.distributed as dist
+
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+def _rank_tag() -> str:
+    if _world_size() == 1:
+        return ""
+    import torch.distributed as dist
+
+    return f"-rank{dist.get_rank()}"
+
+
+def _peer_failure(exc: BaseException) -> bool:
+    """An error of the collective layer (a rank died or hung), not of the round itself."""
+    try:
+        import torch.distributed as dist
+
+        if isinstance(exc, getattr(dist, "DistError", ())):
+            return True
+    except Exception:  # noqa: BLE001
+        pass
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(w in text for w in ("gloo", "nccl", "connection reset", "connection closed", "broken pipe",
+                                   "timed out", "process group"))
 
 
 def _lost(control: RunControl) -> RoundResult:

@@ -43,8 +43,11 @@ class RunControl:
         *,
         stopping: threading.Event | None = None,
         flush_s: float = 1.0,
+        writer: bool = True,
     ) -> None:
         self.database = database
+        #: False on the non-main ranks of a distributed round: they keep the state, write nothing.
+        self.writer = writer
         self.lease = lease
         self.stopping = stopping or threading.Event()
         self.flush_s = flush_s
@@ -89,6 +92,8 @@ class RunControl:
 
     def log(self, message: str, level: str = "info") -> None:
         logger.log(logging.getLevelName(level.upper()), "run %d: %s", self.lease.run_id, message)
+        if not self.writer:
+            return
         try:
             with self.database.session() as db:
                 if workers.lease_state(db, self.lease).owned:
@@ -109,6 +114,8 @@ class RunControl:
 
     def metric(self, stage: str, step: int, values: dict[str, float]) -> None:
         """Buffer a step's metric points for ``run_metrics`` (and hand them to the trackers)."""
+        if not self.writer:
+            return
         name = STAGE_NAMES.get(stage, stage)
         tracked: dict[str, float] = {}
         with self._lock:
@@ -127,6 +134,8 @@ class RunControl:
 
     def flush(self) -> None:
         """Write buffered metric points, progress and stage (one transaction)."""
+        if not self.writer:
+            return
         with self._lock:
             points, self._points = self._points, []
             dirty, self._dirty = self._dirty, False

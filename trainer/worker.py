@@ -10,7 +10,9 @@ Threads of one worker:
 * **sampler** (when sampling and training both run): the :class:`~trainer.sampler.Sampler`
   loop, polling every ``worker_poll_s`` when idle.
 * **main**: claims queued training runs and runs them one at a time
-  (:func:`trainer.round.run_round`); or runs the sampler loop when training is off.
+  (:func:`trainer.round.run_round`), or, with a launcher (``--launcher``,
+  ``RLHF_TRAIN_LAUNCHER``), as a distributed child job (:func:`trainer.launch.run_launched`);
+  or runs the sampler loop when training is off.
 
 A failing run is failed with its error and the worker goes on; a failing sampler pass is
 logged and retried. SIGTERM/SIGINT stop the worker: a run in progress is requeued (the
@@ -54,8 +56,11 @@ class TrainerWorker:
         worker_id: str | None = None,
         device: Any = None,
         sampler_obj: Sampler | None = None,
+        launcher: str | None = None,
     ) -> None:
         self.settings = settings
+        #: Run each claimed round as a child job through this launcher (trainer/launch.py); None: in-process.
+        self.launcher = (launcher if launcher is not None else settings.train_launcher) or None
         if settings.torch_threads is not None:
             from trainer.device import set_torch_threads
 
@@ -153,7 +158,12 @@ class TrainerWorker:
         self.control = control
         try:
             control.log(f"started by worker {self.worker_id} (attempt {lease.attempt})")
-            result = run_round(self.database, self.settings, control)
+            if self.launcher:
+                from trainer.launch import run_launched
+
+                result = run_launched(self.database, self.settings, control, self.launcher)
+            else:
+                result = run_round(self.database, self.settings, control)
         except Exception as exc:  # noqa: BLE001 - run_round records failures itself; belt and braces
             logger.exception("run %d: unexpected error", run.id)
             with self.database.session() as db:

@@ -196,12 +196,17 @@ def register(app: typer.Typer) -> None:
         sampler: Annotated[bool, typer.Option("--sampler/--no-sampler", help="sample completions")] = True,
         train: Annotated[bool, typer.Option("--training/--no-training", help="run training rounds")] = True,
         once: Annotated[bool, typer.Option("--once", help="one pass (reap, one run, fill buffers), then exit")] = False,
+        launcher: Annotated[
+            str | None,
+            typer.Option(help="run each round as a distributed job, e.g. \"accelerate launch --config_file "
+                         "launchers/ddp.yaml\" (default: RLHF_TRAIN_LAUNCHER, else in this process)"),
+        ] = None,
     ) -> None:
         """The trainer worker: the sampler, training runs and heartbeats (stop with Ctrl-C)."""
         configure_logging()
         from trainer.worker import TrainerWorker
 
-        w = TrainerWorker(settings(), sampler=sampler, training=train)
+        w = TrainerWorker(settings(), sampler=sampler, training=train, launcher=launcher)
         if once:
             w.run_once()
         else:

@@ -185,6 +185,7 @@ def make_accelerator(device_type: str):
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
 
     cuda = device_type == "cuda"
     mixed_precision = "bf16" if cuda else "no"
@@ -193,9 +194,14 @@ def make_accelerator(device_type: str):
         current_device = getattr(state.get("device"), "type", None)
         if state.get("_mixed_precision") != mixed_precision or current_device != device_type:
             AcceleratorState._reset_state(reset_partial_state=True)
+    # A config's batch size is per optimizer step (sft_batch_size: "demonstrations per
+    # optimizer step"), whatever the number of processes: each rank takes its slice of every
+    # batch (split_batches), so N ranks make the same steps as one process. With one process
+    # this changes nothing.
+    loaders = DataLoaderConfiguration(split_batches=True)
     if cuda:
-        return Accelerator(mixed_precision=mixed_precision)
-    return Accelerator(cpu=True, mixed_precision=mixed_precision)
+        return Accelerator(mixed_precision=mixed_precision, dataloader_config=loaders)
+    return Accelerator(cpu=True, mixed_precision=mixed_precision, dataloader_config=loaders)
 
 
 def maybe_gradient_checkpointing(model: nn.Module, accelerator) -> None:

@@ -292,7 +292,11 @@ def ranking_loss(
 def evaluate_rankings(
     rm: nn.Module, tokenizer, examples: Sequence[RankingExample], config: RMConfig, accelerator
 ) -> dict[str, float]:
-    """Held-out pairwise accuracy (ties in score count half) and mean ranking loss."""
+    """Held-out pairwise accuracy (ties in score count half) and mean ranking loss.
+
+    The forwards run on the unwrapped module: ranks may hold unequal shards, and a DDP
+    forward is itself a collective (buffer sync), which would pair up wrongly."""
+    rm = accelerator.unwrap_model(rm)
     rm.eval()
     pad_id = pad_token_id(tokenizer)
     usable = [ex for ex in examples if _usable(ex, config)]

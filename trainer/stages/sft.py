@@ -92,7 +92,11 @@ def completion_loss(
 
 @torch.no_grad()
 def evaluate_sft_loss(model, tokenizer, examples: Sequence[SFTExample], config: SFTConfig, accelerator) -> float:
-    """Token-weighted mean completion loss over ``examples`` (exact across processes)."""
+    """Token-weighted mean completion loss over ``examples`` (exact across processes).
+
+    The forwards run on the unwrapped module: ranks may hold unequal shards, and a DDP
+    forward is itself a collective (buffer sync), which would pair up wrongly."""
+    model = accelerator.unwrap_model(model)
     model.eval()
     pad_id = pad_token_id(tokenizer)
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
