@@ -111,16 +111,21 @@ def compute(
     index_b = np.array([pos[g.policy_b] for g in games], dtype=int)
     score_a = np.array([_score_a(g.choice) for g in games], dtype=float)
 
-    theta = fit_bradley_terry(index_a, index_b, score_a, len(ids)) if n else np.zeros(len(ids))
+    # The likelihood depends on the games only through their counts per (a, b, score)
+    # cell, so fits run on the cells, and resampling n games with replacement is one
+    # multinomial draw over the cells (at most 3 P^2 of them, whatever n is).
+    cells, counts = (
+        np.unique(np.stack([index_a, index_b, score_a * 2]).T, axis=0, return_counts=True)
+        if n
+        else (np.zeros((0, 3)), np.zeros(0))
+    )
+    cell_a, cell_b, cell_s = cells[:, 0].astype(int), cells[:, 1].astype(int), cells[:, 2] / 2.0
+    theta = fit_bradley_terry(cell_a, cell_b, cell_s, len(ids), counts) if n else np.zeros(len(ids))
     boots = np.zeros((0, len(ids)))
     if n and rounds > 0:
         rng = np.random.default_rng(seed)
-        boots = np.stack(
-            [
-                fit_bradley_terry(index_a, index_b, score_a, len(ids), np.bincount(rng.integers(0, n, n), minlength=n))
-                for _ in range(rounds)
-            ]
-        )
+        draws = rng.multinomial(n, counts / n, size=rounds)
+        boots = np.stack([fit_bradley_terry(cell_a, cell_b, cell_s, len(ids), w) for w in draws])
 
     per_policy = _per_policy(games, ids)
     rows = []
