@@ -181,6 +181,8 @@ NEW_COLUMNS: dict[tuple[str, str], Callable[[dict[str, Any], dict[str, list[dict
     # 0004: what each worker is running, on which device: unknown for old rows.
     ("workers", "run_id"): lambda row, rows: None,
     ("workers", "device"): lambda row, rows: None,
+    # 0005: deploy past the deploy gate ("deploy": "force"): no old round asked for it.
+    ("training_runs", "deploy_force"): lambda row, rows: False,
 }
 
 

@@ -16,8 +16,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("training_runs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("deploy_force", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # A plain ADD COLUMN (not batch mode): on SQLite batch mode rebuilds the table, and
+    # dropping the old one would cascade to run_logs and run_metrics.
+    op.add_column("training_runs", sa.Column("deploy_force", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
