@@ -95,7 +95,7 @@ def test_compare_task_is_blind_and_judgments_are_idempotent(client, admin, label
     assert t2["id"] != task["id"]
     assert client.post(f"/api/v1/tasks/{t2['id']}/skip", json={}, headers=labeler.headers).status_code == 200
     assert _next(client, labeler, ev["id"]).status_code == 204
-    progress = client.get(f"/api/v1/evaluations/{ev['id']}/progress", headers=labeler.headers).json()
+    progress = client.get(f"/api/v1/tasks/progress?evaluation_id={ev['id']}", headers=labeler.headers).json()
     assert progress["compared"] == 1 and progress["compare_left"] == 0
 
 

@@ -50,12 +50,18 @@ def _score_a(choice: str) -> float:
 
 
 def fit_bradley_terry(
-    index_a: np.ndarray, index_b: np.ndarray, score_a: np.ndarray, n_players: int, weights: np.ndarray | None = None
+    index_a: np.ndarray,
+    index_b: np.ndarray,
+    score_a: np.ndarray,
+    n_players: int,
+    weights: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """Strengths (natural log-odds scale, mean 0) maximising the Bradley-Terry likelihood.
 
     ``score_a`` is 1 for a win of a, 0 for a loss, 0.5 for a tie; ``weights`` count each
-    game (bootstrap multiplicities).
+    game (bootstrap multiplicities); ``start`` is a warm start (bootstrap rounds start
+    from the full fit, which saves most of the iterations).
     """
     w = np.ones(len(index_a)) if weights is None else weights.astype(float)
     total = max(float(w.sum()), 1.0)
@@ -72,7 +78,8 @@ def fit_bradley_terry(
         )
         return nll + ridge * float(theta @ theta), grad + 2.0 * ridge * theta
 
-    result = minimize(objective, np.zeros(n_players), jac=True, method="L-BFGS-B")
+    x0 = np.zeros(n_players) if start is None else start
+    result = minimize(objective, x0, jac=True, method="L-BFGS-B")
     theta = np.asarray(result.x, dtype=float)
     return theta - theta.mean()
 
@@ -125,7 +132,7 @@ def compute(
     if n and rounds > 0:
         rng = np.random.default_rng(seed)
         draws = rng.multinomial(n, counts / n, size=rounds)
-        boots = np.stack([fit_bradley_terry(cell_a, cell_b, cell_s, len(ids), w) for w in draws])
+        boots = np.stack([fit_bradley_terry(cell_a, cell_b, cell_s, len(ids), w, theta) for w in draws])
 
     per_policy = _per_policy(games, ids)
     rows = []

@@ -32,4 +32,4 @@ export async function nextCompareTask(evaluationId) {
 }
 
 export const compareProgress = async (evaluationId) =>
-  (await api("GET", `/api/v1/evaluations/${encodeURIComponent(evaluationId)}/progress`)).data;
+  (await api("GET", `${TASKS}/progress?evaluation_id=${encodeURIComponent(evaluationId)}`)).data;

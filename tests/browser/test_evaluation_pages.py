@@ -87,7 +87,9 @@ def test_the_leaderboard_page(page, live_server, admin, make_account, database) 
     page.goto(f"{live_server}/admin/evaluations")
     page.wait_for_selector("#evaluations")
     assert "12 / 6" not in page.content()
-    page.click("text=human eval")
+    href = page.get_attribute("text=human eval", "href")
+    assert href == f"/admin/evaluations/{ev_id}"
+    page.goto(f"{live_server}{href}", timeout=30_000)
     page.wait_for_selector("#leaderboard")
     rows = page.locator("#leaderboard tbody tr")
     assert rows.count() == 2

@@ -11,7 +11,6 @@ from app.config import Settings
 from app.deps import DB, ApiAdmin, ApiUser
 from app.models import ComparisonJudgment
 from app.schemas.evaluations import (
-    CompareProgressOut,
     ComparisonIn,
     EvaluationIn,
     EvaluationOut,
@@ -120,12 +119,6 @@ def set_gold(evaluation_id: int, comparison_id: int, body: GoldIn, db: DB, admin
 
     tasks.transact(db, work)
     return Response(status_code=204)
-
-
-@router.get("/evaluations/{evaluation_id}/progress", response_model=CompareProgressOut)
-def my_progress(evaluation_id: int, db: DB, principal: ApiUser) -> CompareProgressOut:
-    """The caller's own counts in an evaluation and what is left for them."""
-    return CompareProgressOut.model_validate(compare_tasks.progress(db, principal.user, evaluation_id))
 
 
 def _judgment_out(row: ComparisonJudgment, settings: Settings) -> JudgmentOut:

@@ -24,7 +24,7 @@ from app.schemas.tasks import (
     TaskOut,
     TaskStatusOut,
 )
-from app.schemas.evaluations import CompareTaskOut
+from app.schemas.evaluations import CompareProgressOut, CompareTaskOut
 from app.services import compare_tasks, submissions, tasks
 from app.services.errors import Invalid
 from app.services.submissions import undo_deadline
@@ -101,9 +101,16 @@ def next_task(body: NextTaskIn, request: Request, db: DB, principal: ApiUser) ->
     return TaskOut.model_validate(view)
 
 
-@router.get("/tasks/progress", response_model=ProgressOut)
-def my_progress(prompt_set_id: int, db: DB, principal: ApiUser) -> ProgressOut:
-    """The caller's own counts in a set and what is left for them (for the empty state)."""
+@router.get("/tasks/progress", response_model=ProgressOut | CompareProgressOut)
+def my_progress(
+    db: DB, principal: ApiUser, prompt_set_id: int | None = None, evaluation_id: int | None = None
+) -> Any:
+    """The caller's own counts in a set (or, with ``evaluation_id``, in an evaluation's
+    compare tasks) and what is left for them (for the empty state)."""
+    if evaluation_id is not None:
+        return CompareProgressOut.model_validate(compare_tasks.progress(db, principal.user, evaluation_id))
+    if prompt_set_id is None:
+        raise Invalid("give prompt_set_id (or evaluation_id)")
     ps = tasks.get_prompt_set(db, prompt_set_id)
     return ProgressOut.model_validate(vars(tasks.progress(db, principal.user, ps)))
 
