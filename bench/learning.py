@@ -199,11 +199,20 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, v0: Path, log) -> list[
 
 
 def _figures(sc: Scenario, sim: Simulation, rows: list[Any]) -> list[RoundFigures]:
+    return compute_figures(sc, rows, sim._validation, sim.runs)
+
+
+def compute_figures(
+    sc: Scenario, rows: list[Any], samples_of: Any, runs: list[dict[str, Any]]
+) -> list[RoundFigures]:
+    """Figures per labeled policy (``rows``: policy_id, policy_version, kl_from_v0, note),
+    from its validation samples (``samples_of(policy_id) -> {prompt_id: [{prompt, text}]}``)
+    and the training runs in order (API shape: metrics, started_at, finished_at)."""
     preference = load_preference(sc.preference)
     out: list[RoundFigures] = []
-    v0_samples = sim._validation(rows[0].policy_id) if rows else {}
+    v0_samples = samples_of(rows[0].policy_id) if rows else {}
     for i, row in enumerate(rows):
-        samples = sim._validation(row.policy_id)
+        samples = samples_of(row.policy_id)
         scores = [preference(c["prompt"], c["text"]) for cs in samples.values() for c in cs]
         mean, low, _ = mean_interval(scores)
         se = (mean - low) / 1.96 if scores and math.isfinite(low) else float("nan")
@@ -220,13 +229,50 @@ def _figures(sc: Scenario, sim: Simulation, rows: list[Any]) -> list[RoundFigure
                 win = wins / n
                 # pairs share samples: the interval counts one trial per new completion
                 low_w, high_w = wilson_interval(win * len(scores), len(scores))
-        run = sim.runs[i - 1] if i > 0 and i - 1 < len(sim.runs) else None
+        run = runs[i - 1] if i > 0 and i - 1 < len(runs) else None
         out.append(_row_figures(sc, i, row, mean, se, len(scores), win, low_w, high_w, run))
-    # The run that ended the loop (no deploy) leaves a last row without a new policy.
-    if len(sim.runs) >= len(rows) and sim.runs:
-        run = sim.runs[len(rows) - 1]
+    # A run that ended the loop without deploying leaves a last row without a new policy.
+    if len(runs) >= len(rows) and runs and not (runs[len(rows) - 1].get("metrics") or {}).get("deployed"):
+        run = runs[len(rows) - 1]
         out.append(_row_figures(sc, len(rows), None, math.nan, math.nan, 0, None, None, None, run))
     return out
+
+
+def figures_from_work(sc: Scenario, work: Path) -> list[RoundFigures]:
+    """The same figures read straight from a scenario's database: for a run that was
+    stopped (or is still going), every finished round is reported."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from app.db import Database
+    from app.models import Completion, Policy, Prompt, TrainingRun
+
+    database = Database(f"sqlite:///{work / 'data' / 'rlhf.db'}")
+    with database.session() as db:
+        finished = [r for r in db.scalars(select(TrainingRun).order_by(TrainingRun.id)) if r.finished_at]
+        runs = [{"metrics": r.metrics or {}, "policy_id": r.policy_id, "started_at": r.started_at.isoformat(),
+                 "finished_at": r.finished_at.isoformat()} for r in finished]
+        by_id = {p.id: p for p in db.scalars(select(Policy))}
+        chain = [next(p for p in by_id.values() if p.version == 0)]
+        for run in runs:
+            policy = by_id.get(run["policy_id"]) if run["metrics"].get("deployed") else None
+            if policy is None:
+                break
+            chain.append(policy)
+        labeled = {pid for (pid,) in db.execute(select(Completion.policy_id).distinct())}
+        chain = [p for p in chain if p.id in labeled]
+        rows = [SimpleNamespace(policy_id=p.id, policy_version=p.version, note="",
+                                kl_from_v0=(p.metrics or {}).get("kl_from_v0", 0.0 if p.version == 0 else None))
+                for p in chain]
+        samples: dict[int, dict[int, list[dict[str, str]]]] = {}
+        for pid, prompt_id, prompt, text in db.execute(
+            select(Completion.policy_id, Completion.prompt_id, Prompt.text, Completion.text)
+            .join(Prompt, Prompt.id == Completion.prompt_id).where(Prompt.split == "validation")
+        ):
+            samples.setdefault(pid, {}).setdefault(prompt_id, []).append({"prompt": prompt or "", "text": text})
+    database.dispose()
+    return compute_figures(sc, rows, lambda pid: samples.get(pid, {}), runs[: max(0, len(rows))])
 
 
 def _row_figures(sc, i, row, mean, se, n, win, low, high, run) -> RoundFigures:  # type: ignore[no-untyped-def]
@@ -356,10 +402,20 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/rlhf-learning")
     parser.add_argument("--out", default=str(ROOT / "docs" / "learning.md"))
     parser.add_argument("--render", metavar="CSV", help="only redraw the table and plot from a CSV of an earlier run")
-    parser.add_argument("--header", default="", help="with --render: the line above the table")
+    parser.add_argument("--header", default="", help="with --render / --from-work: the line above the table")
+    parser.add_argument("--from-work", action="store_true",
+                        help="report the finished rounds of the scenarios under --work (a stopped or running benchmark)")
     args = parser.parse_args()
     if args.render:
         write_outputs(read_csv(Path(args.render)), Path(args.out), args.header)
+        return
+    if args.from_work:
+        names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+        found = [f for n in names if (Path(args.work) / n / "data").is_dir()
+                 for f in figures_from_work(SCENARIOS[n], Path(args.work) / n)]
+        write_outputs(found, Path(args.out), args.header)
+        for f in found:
+            print(f)
         return
     names = FULL if args.full else [s.strip() for s in args.scenarios.split(",") if s.strip()]
     scenarios = [SCENARIOS[n] for n in names]

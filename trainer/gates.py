@@ -149,7 +149,8 @@ def deploy_gates(evaluation: dict[str, Any], cfg: GateConfig) -> list[Gate]:
 
     ``evaluation`` carries ``score_deltas`` (new - parent RM score per paired sample),
     ``wins`` (1, 0.5 or 0 per pair) and ``kls`` (per-sample KL estimates), or only
-    ``kls`` when there is no reward model (the score checks then pass as "not measured").
+    ``kls`` when there is no usable reward model (the score checks then pass as "not
+    measured": a reward model at chance cannot say a policy is worse).
     """
     gates: list[Gate] = []
     deltas = list(evaluation.get("score_deltas") or [])
@@ -166,7 +167,7 @@ def deploy_gates(evaluation: dict[str, Any], cfg: GateConfig) -> list[Gate]:
             )
         gates.append(g)
     else:
-        gates.append(Gate("score_vs_parent", True, None, reason="not measured: no reward model"))
+        gates.append(Gate("score_vs_parent", True, None, reason="not measured: no reward model passed its gate"))
     if wins:
         rate = sum(wins) / len(wins)
         low, high = wilson_interval(sum(wins), len(wins), cfg.confidence)
@@ -179,7 +180,7 @@ def deploy_gates(evaluation: dict[str, Any], cfg: GateConfig) -> list[Gate]:
             )
         gates.append(g)
     else:
-        gates.append(Gate("win_rate_vs_parent", True, None, reason="not measured: no reward model"))
+        gates.append(Gate("win_rate_vs_parent", True, None, reason="not measured: no reward model passed its gate"))
     if kls:
         mean, low, high = mean_interval(kls, cfg.confidence)
         ok = mean <= cfg.max_kl

@@ -126,6 +126,7 @@ class _Round:
         self.metrics: dict[str, Any] = {}
         self.skipped: dict[str, str] = {}
         self.gates: dict[str, Any] = {}
+        self.rm_usable = False
         self.plan: dict[str, StagePlan] = {}
         self.stage = "snapshot"
         #: Only the main process of a distributed round writes (files, rows); one process always does.
@@ -182,7 +183,7 @@ class _Round:
             rm, rm_id = self._reward_model(model, job)
         else:
             rm, rm_id = self._latest_reward_model()
-        rm_usable = rm is not None and self._rm_gate(job)
+        rm_usable = self.rm_usable = rm is not None and self._rm_gate(job)
         if len(epoch_states):
             model = self._select_sft_epoch(model, rm if rm_usable else None, epoch_states, job)
         if "ppo" in job.stages:
@@ -738,6 +739,9 @@ class _Round:
 
     def _deploy_decision(self, job: _Job, evaluation: dict[str, Any]) -> tuple[bool, str]:
         """Whether to deploy, and the note for the summary (the deploy gate lives here)."""
+        if not self.rm_usable:
+            # An RM that failed its gate cannot judge the policy: only the KL budget applies.
+            evaluation = {k: v for k, v in evaluation.items() if k not in ("score_deltas", "wins")}
         checks = gates.deploy_gates(evaluation, job.cfg.deploy)
         refused = gates.refusal(checks)
         self.gates["deploy"] = {

@@ -16,6 +16,9 @@ Each :meth:`Sampler.step`:
    per prompt) and writes them with seed, params, token count, finish reason, policy and
    generation time, unless the deployed policy changed meanwhile (the batch is dropped);
 4. logs one line per batch.
+
+Before that, each step writes one batch of the samples that human evaluations wait for
+(:meth:`Sampler.evaluation_step`, trainer/eval_sampler.py), from whichever policies they name.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class Sampler:
         self._retry_at: dict[int, float] = {}
         self._bad_prompts: set[int] = set()
         self.last_report: BatchReport | None = None
+        self._evaluations: Any = None  # trainer.eval_sampler.EvaluationSampler, made on first use
 
     @property
     def policy_id(self) -> int | None:
@@ -207,8 +211,27 @@ class Sampler:
             budget -= len(plan.prompts)
         return plans
 
+    def evaluation_step(self) -> int:
+        """One batch of missing evaluation samples (trainer/eval_sampler.py); 0 when none wait."""
+        if self._evaluations is None:
+            from trainer.eval_sampler import EvaluationSampler
+
+            self._evaluations = EvaluationSampler(
+                self.database, self.settings, device=self.device, prefer_vllm=self.prefer_vllm,
+                generator_factory=self._factory,
+            )
+        try:
+            return int(self._evaluations.step(self.loaded))
+        except Exception:  # noqa: BLE001 - evaluation sampling never stops the labeling sampler
+            logger.exception("sampler: evaluation sampling failed; retrying later")
+            return 0
+
     def step(self) -> int:
-        """One pass: switch policy if needed, then sample one batch. Returns completions written."""
+        """One pass: evaluation samples first, if any wait; else switch policy if needed and
+        sample one batch. Returns completions (or evaluation samples) written."""
+        evaluated = self.evaluation_step()
+        if evaluated:
+            return evaluated
         if not self.ensure_policy():
             return 0
         assert self.loaded is not None
@@ -309,6 +332,8 @@ class Sampler:
 
     def close(self) -> None:
         self._release()
+        if self._evaluations is not None:
+            self._evaluations.release()
 
 
 def policy_summary(policy: Policy | None) -> str:

@@ -1,5 +1,13 @@
 """All ORM models; importing this package registers every table on ``Base.metadata``."""
 
+from app.models.evaluations import (
+    CHOICES,
+    CompareTask,
+    ComparisonJudgment,
+    Evaluation,
+    EvaluationComparison,
+    EvaluationSample,
+)
 from app.models.labeling import FLAGS, TASK_KINDS, Demonstration, Ranking, SubmissionStatus, Task, TaskStatus
 from app.models.policies import Completion, Policy, RewardModel
 from app.models.prompts import DEFAULT_SAMPLING, SPLITS, Prompt, PromptSet, PromptSetStatus
@@ -7,6 +15,12 @@ from app.models.training import AuditLog, RunLog, RunMetric, TrainingRun, Worker
 from app.models.users import ROLES, ApiToken, LoginFailure, User, UserSession
 
 __all__ = [
+    "CHOICES",
+    "CompareTask",
+    "ComparisonJudgment",
+    "Evaluation",
+    "EvaluationComparison",
+    "EvaluationSample",
     "DEFAULT_SAMPLING",
     "FLAGS",
     "ROLES",

@@ -14,8 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class NextTaskIn(BaseModel):
-    prompt_set_id: int
-    kind: Literal["rank", "demonstrate"] = "rank"
+    """``prompt_set_id`` for rank and demonstrate tasks; ``evaluation_id`` for compare tasks
+    (blind A/B judgments of an evaluation, answered with ``POST /tasks/{id}/comparison``)."""
+
+    prompt_set_id: int | None = None
+    evaluation_id: int | None = None
+    kind: Literal["rank", "demonstrate", "compare"] = "rank"
 
 
 class MessageOut(BaseModel):

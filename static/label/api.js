@@ -24,3 +24,12 @@ export const skip = async (taskId, reason) => (await api("POST", `${TASKS}/${tas
 export const undo = async (taskId) => (await api("POST", `${TASKS}/${taskId}/undo`)).data;
 
 export const renew = async (taskId) => (await api("POST", `${TASKS}/${taskId}/renew`)).data;
+
+// Compare tasks come from an evaluation, not a prompt set (docs/evaluations.md).
+export async function nextCompareTask(evaluationId) {
+  const res = await api("POST", `${TASKS}/next`, { evaluation_id: evaluationId, kind: "compare" });
+  return res.status === 204 ? null : res.data;
+}
+
+export const compareProgress = async (evaluationId) =>
+  (await api("GET", `${TASKS}/progress?evaluation_id=${encodeURIComponent(evaluationId)}`)).data;

@@ -10,6 +10,7 @@
 //   toast.js, dom.js   the toast; el/renderText/promptCard and small helpers
 //   rank.js        rank mode (its state model: ranking.js)
 //   demonstrate.js demonstrate mode
+//   compare.js     compare mode: blind A/B judgment of an evaluation's two answers
 //
 // A mode module exports createMode({ cfg, changed, submit }) returning:
 //   kind           the task kind for POST /tasks/next
@@ -22,6 +23,7 @@
 //   answer()       the submission body (without time_spent_s); throw an Error to refuse
 //   onKey?(e)      mode keys; true if handled
 //   prompt?(task)  replaces the standard prompt card
+//   nextTask?(), fetchProgress?()  for tasks that do not come from a prompt set (compare)
 // Adding a mode ("continue" a conversation, blind A/B "compare"): write its module, add it to
 // MODES, and give it a template extending label/_work.html.
 
@@ -31,6 +33,7 @@ import { createPage } from "./page.js";
 const MODES = {
   rank: () => import("./rank.js"),
   demonstrate: () => import("./demonstrate.js"),
+  compare: () => import("./compare.js"),
 };
 
 async function start() {

@@ -24,6 +24,8 @@ export function createPage({ cfg, area, nodes, createMode }) {
   };
   let pollTimer = null;
   let undoTimer = null;
+  // A mode whose tasks do not come from a prompt set (compare: an evaluation) brings its own.
+  const fetchProgress = () => (mode.fetchProgress ? mode.fetchProgress() : api.progress(cfg.promptSetId));
 
   function updateSessionCount(add) {
     const n = drafts.countDone(add);
@@ -55,7 +57,7 @@ export function createPage({ cfg, area, nodes, createMode }) {
     stopPolling();
     area.setAttribute("aria-busy", "true");
     try {
-      const t = await api.nextTask(cfg.promptSetId, mode.kind);
+      const t = await (mode.nextTask ? mode.nextTask() : api.nextTask(cfg.promptSetId, mode.kind));
       if (t) showTask(t, null);
       else await showEmpty();
     } catch (err) {
@@ -85,7 +87,7 @@ export function createPage({ cfg, area, nodes, createMode }) {
     session.task = null;
     lease.show(null);
     let p = null;
-    try { p = await api.progress(cfg.promptSetId); } catch (_) { /* said below */ }
+    try { p = await fetchProgress(); } catch (_) { /* said below */ }
     const lines = [];
     if (p && p.status !== "active") {
       lines.push(`This set is ${p.status}. Come back when an admin opens it again.`);
@@ -115,7 +117,7 @@ export function createPage({ cfg, area, nodes, createMode }) {
     pollTimer = setInterval(async () => {
       if (document.visibilityState !== "visible") return;
       try {
-        const p = await api.progress(cfg.promptSetId);
+        const p = await fetchProgress();
         if (mode.progress.left(p) + p.holding > 0) loadNext();
       } catch (_) { /* try again next minute */ }
     }, POLL_MS);

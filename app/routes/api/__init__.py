@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from app.routes.api import (
     audit,
     completions,
+    evaluations,
     exports,
     health,
     policies,
@@ -18,5 +19,5 @@ from app.schemas.errors import COMMON_ERRORS
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(health.router)
-for module in (users, prompt_sets, tasks, exports, training, policies, stats, completions, audit):
+for module in (users, prompt_sets, tasks, exports, training, policies, stats, completions, audit, evaluations):
     api_router.include_router(module.router, responses=COMMON_ERRORS)

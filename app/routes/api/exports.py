@@ -10,7 +10,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.deps import DB, ApiAdmin
-from app.services import audit, exports
+from app.services import audit, evaluations, exports
+from app.services.errors import Invalid
 
 router = APIRouter(tags=["exports"])
 
@@ -48,11 +49,19 @@ def export(
         Literal["standard", "conversational"] | None,
         Query(description="conversational: TRL's lists of role/content messages"),
     ] = None,
+    evaluation_id: Annotated[
+        int | None,
+        Query(description="comparisons only: one line per judgment of this evaluation (docs/evaluations.md)"),
+    ] = None,
 ) -> StreamingResponse:
     """Stream ``kind`` (comparisons, rankings, demonstrations) as ``fmt`` (jsonl, csv).
 
     Only active rows; gold prompts only with ``include_gold``; ``since`` inclusive,
-    ``until`` exclusive. Memory is constant whatever the size (keyset-paginated reads)."""
+    ``until`` exclusive. Memory is constant whatever the size (keyset-paginated reads).
+    ``comparisons`` with ``evaluation_id``: one line per evaluation judgment (prompt,
+    completion_a, completion_b, the policy of each, choice, ratings, labeler)."""
+    if evaluation_id is not None:
+        return _evaluation_export(kind, fmt, request, db, admin, evaluation_id)
     flt = exports.ExportFilter(
         prompt_set_id=prompt_set_id, split=split, policy_id=policy_id, labeler=labeler,
         since=since, until=until, include_gold=include_gold,
@@ -75,4 +84,26 @@ def export(
         body(),
         media_type=MEDIA[fmt],
         headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+    )
+
+
+def _evaluation_export(kind: str, fmt: str, request: Request, db: DB, admin: ApiAdmin, evaluation_id: int) -> StreamingResponse:
+    if kind != "comparisons" or fmt != "jsonl":
+        raise Invalid("evaluation_id works with comparisons.jsonl only")
+    evaluations.get_evaluation(db, evaluation_id)
+    audit.record(db, admin.user, "export.download", "export", f"{kind}.{fmt}", evaluation_id=evaluation_id)
+    db.commit()
+    database = request.app.state.db
+
+    def body() -> Iterator[bytes]:
+        with database.sessionmaker() as session:
+            yield from exports.to_jsonl(evaluations.judgment_records(session, evaluation_id))
+
+    return StreamingResponse(
+        body(),
+        media_type=MEDIA[fmt],
+        headers={
+            "Content-Disposition": f'attachment; filename="comparisons-evaluation{evaluation_id}.jsonl"',
+            "Cache-Control": "no-store",
+        },
     )

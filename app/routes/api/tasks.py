@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db import transact
 from app.deps import DB, ApiUser
 from app.models import Demonstration, Ranking
+from app.schemas.evaluations import CompareProgressOut, CompareTaskOut
 from app.schemas.tasks import (
     DemonstrationIn,
     DemonstrationOut,
@@ -25,7 +26,8 @@ from app.schemas.tasks import (
     TaskOut,
     TaskStatusOut,
 )
-from app.services import claims, leases, prompt_sets, submissions, tasks
+from app.services import claims, compare_tasks, leases, prompt_sets, submissions, tasks
+from app.services.errors import Invalid
 from app.services.submissions import undo_deadline
 
 router = APIRouter(tags=["tasks"])
@@ -53,20 +55,41 @@ def _demonstration_out(row: Demonstration, settings: Settings) -> DemonstrationO
     )
 
 
+def _is_compare(db: DB, task_id: int) -> bool:
+    return tasks.get_task(db, task_id).kind == "compare"
+
+
 @router.post(
     "/tasks/next",
-    response_model=TaskOut,
-    responses={204: {"description": "nothing is left for this labeler in this set"}},
+    response_model=TaskOut | CompareTaskOut,
+    responses={204: {"description": "nothing is left for this labeler in this set (or evaluation)"}},
 )
 def next_task(body: NextTaskIn, request: Request, db: DB, principal: ApiUser) -> Any:
-    """The caller's task in a prompt set: the live lease they hold, else a newly claimed one."""
+    """The caller's task in a prompt set (rank, demonstrate) or an evaluation (compare):
+    the live lease they hold, else a newly claimed one. A compare task shows the prompt
+    and two sides, A and B, and never which policy wrote which."""
     settings = _settings(request)
+    if body.kind == "compare":
+        if body.evaluation_id is None:
+            raise Invalid("a compare task needs evaluation_id")
+
+        def claim_compare() -> dict[str, Any] | None:
+            task = compare_tasks.next_task(
+                db, principal.user, body.evaluation_id or 0,
+                lease_minutes=settings.lease_minutes, gold_rate=settings.gold_rate,
+            )
+            return None if task is None else compare_tasks.task_view(db, task)
+
+        compare_view = transact(db, claim_compare)
+        return Response(status_code=204) if compare_view is None else CompareTaskOut.model_validate(compare_view)
+    if body.prompt_set_id is None:
+        raise Invalid(f"a {body.kind} task needs prompt_set_id")
 
     def claim() -> dict[str, Any] | None:
         task = claims.next_task(
             db,
             principal.user,
-            body.prompt_set_id,
+            body.prompt_set_id or 0,
             body.kind,
             lease_minutes=settings.lease_minutes,
             gold_rate=settings.gold_rate,
@@ -79,22 +102,38 @@ def next_task(body: NextTaskIn, request: Request, db: DB, principal: ApiUser) ->
     return TaskOut.model_validate(view)
 
 
-@router.get("/tasks/progress", response_model=ProgressOut)
-def my_progress(prompt_set_id: int, db: DB, principal: ApiUser) -> ProgressOut:
-    """The caller's own counts in a set and what is left for them (for the empty state)."""
+@router.get("/tasks/progress", response_model=ProgressOut | CompareProgressOut)
+def my_progress(
+    db: DB, principal: ApiUser, prompt_set_id: int | None = None, evaluation_id: int | None = None
+) -> Any:
+    """The caller's own counts in a set (or, with ``evaluation_id``, in an evaluation's
+    compare tasks) and what is left for them (for the empty state)."""
+    if evaluation_id is not None:
+        return CompareProgressOut.model_validate(compare_tasks.progress(db, principal.user, evaluation_id))
+    if prompt_set_id is None:
+        raise Invalid("give prompt_set_id (or evaluation_id)")
     return tasks.progress(db, principal.user, prompt_sets.get_prompt_set(db, prompt_set_id))
 
 
-@router.get("/tasks/{task_id}", response_model=TaskOut)
-def get_task(task_id: int, db: DB, principal: ApiUser) -> TaskOut:
+@router.get("/tasks/{task_id}", response_model=TaskOut | CompareTaskOut)
+def get_task(task_id: int, db: DB, principal: ApiUser) -> Any:
     task = tasks.own_task(db, task_id, principal.user)
+    if task.kind == "compare":
+        return CompareTaskOut.model_validate(compare_tasks.task_view(db, task))
     return TaskOut.model_validate(tasks.task_view(db, task))
 
 
-@router.post("/tasks/{task_id}/renew", response_model=TaskOut)
-def renew(task_id: int, request: Request, db: DB, principal: ApiUser) -> TaskOut:
+@router.post("/tasks/{task_id}/renew", response_model=TaskOut | CompareTaskOut)
+def renew(task_id: int, request: Request, db: DB, principal: ApiUser) -> Any:
     """Extend the lease of the caller's task while they work on it."""
     settings = _settings(request)
+    if _is_compare(db, task_id):
+
+        def renew_compare() -> dict[str, Any]:
+            task = compare_tasks.renew_lease(db, task_id, principal.user, lease_minutes=settings.lease_minutes)
+            return compare_tasks.task_view(db, task)
+
+        return CompareTaskOut.model_validate(transact(db, renew_compare))
 
     def work() -> dict[str, Any]:
         task = leases.renew_lease(db, task_id, principal.user, lease_minutes=settings.lease_minutes)
@@ -172,11 +211,21 @@ def skip(task_id: int, db: DB, principal: ApiUser, body: SkipIn | None = None) -
     return transact(db, work)
 
 
-@router.post("/tasks/{task_id}/undo", response_model=TaskOut)
-def undo(task_id: int, request: Request, db: DB, principal: ApiUser) -> TaskOut:
+@router.post("/tasks/{task_id}/undo", response_model=TaskOut | CompareTaskOut)
+def undo(task_id: int, request: Request, db: DB, principal: ApiUser) -> Any:
     """Take back the caller's last submission within the undo window; the task is theirs
     again with a fresh lease, and ``previous`` holds the answer that was taken back."""
     settings = _settings(request)
+    if _is_compare(db, task_id):
+
+        def undo_compare() -> dict[str, Any]:
+            task, previous = compare_tasks.undo_judgment(
+                db, task_id, principal.user,
+                window_minutes=settings.undo_window_minutes, lease_minutes=settings.lease_minutes,
+            )
+            return {**compare_tasks.task_view(db, task), "previous": previous}
+
+        return CompareTaskOut.model_validate(transact(db, undo_compare))
 
     def work() -> dict[str, Any]:
         task, previous = submissions.undo_submission(

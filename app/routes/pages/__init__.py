@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from app.routes.pages import admin, admin_people, admin_sets, auth, label
+from app.routes.pages import admin, admin_people, admin_sets, auth, evaluations, label
 
 pages_router = APIRouter()
-for module in (auth, label, admin, admin_sets, admin_people):
+for module in (auth, label, admin, admin_sets, admin_people, evaluations):
     pages_router.include_router(module.router)
