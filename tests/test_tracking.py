@@ -56,7 +56,9 @@ def test_worker_default_report_to() -> None:
 
 
 def test_a_round_reports_to_tensorboard_and_mlflow(settings, database, tiny_base) -> None:  # noqa: F811
-    s = fast_settings(settings, report_to="tensorboard")  # the worker default; the round's config overrides it
+    # the worker default (the round's config overrides it); a generous heartbeat timeout: MLflow's first
+    # start (its SQLite schema) can hold the GIL for seconds on a loaded machine
+    s = fast_settings(settings, report_to="tensorboard", heartbeat_timeout_s=60.0)
     v0 = bootstrap_v0(s, database, tiny_base)
     set_id = labeled_set(database, v0.id)
     run_id = create_run(database, [set_id], config={**TINY_CONFIG, "report_to": ["tensorboard", "mlflow"]})
