@@ -426,7 +426,7 @@ class _Round:
             + (f"; {data.rankings_without_pairs} without a pair left out" if data.rankings_without_pairs else "")
         )
         metrics = train_reward_model(
-            rm, self.tokenizer, data.rm_train, data.rm_val, cfg,
+            rm, self.tokenizer, data.rm_train, data.rm_val, cfg, keep_start_if_better=init.startswith("reward_models/"),
             accelerator=self.accelerator, on_step=self.on_step_for("rm", steps_per_epoch * cfg.epochs),
             should_stop=self.control.should_stop,
         )

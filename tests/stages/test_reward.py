@@ -202,3 +202,18 @@ def test_reward_fn_scores_without_freezing_the_model(rm, tokenizer):
     assert out.shape == (2,) and torch.allclose(out, score(rm, tokenizer, [prompt, prompt], ["hello", "hello there"]))
     value = copy.deepcopy(rm)  # the PPO value model is a copy of the RM: it must stay trainable
     assert all(p.requires_grad for p in value.parameters())
+
+
+def test_a_warm_start_that_training_only_makes_worse_is_kept(rm, tokenizer, accelerator):
+    torch.manual_seed(0)
+    good = RMConfig(lr=2e-3, epochs=3, patience=3, min_steps=0, rankings_per_batch=4, max_length=64, warmup_ratio=0.0)
+    val = marker_rankings(8, seed=2)
+    first = train_reward_model(rm, tokenizer, marker_rankings(24, seed=1), val, good, accelerator)
+    assert first["val_accuracy"] >= 0.9
+    flipped = [
+        RankingExample(ex.prompt, ex.messages, ex.completions, list(reversed(ex.ranking)))
+        for ex in marker_rankings(24, seed=3)
+    ]
+    bad = RMConfig(lr=2e-3, epochs=2, patience=2, min_steps=0, rankings_per_batch=4, max_length=64, warmup_ratio=0.0)
+    again = train_reward_model(rm, tokenizer, flipped, val, bad, accelerator, keep_start_if_better=True)
+    assert again["best_epoch"] == 0 and again["val_accuracy"] == again["val_accuracy_before"] >= 0.9, again

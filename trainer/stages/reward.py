@@ -333,8 +333,15 @@ def train_reward_model(
     accelerator=None,
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    keep_start_if_better: bool = False,
 ) -> dict[str, float]:
     """Train ``rm`` in place on rankings; returns metrics.
+
+    With held-out rankings it trains up to ``config.epochs`` passes, stops after
+    ``patience`` passes without a better held-out accuracy (once past ``min_steps``) and
+    keeps the best pass (``best_epoch``). ``keep_start_if_better`` (a warm-started RM)
+    lets the starting weights compete as epoch 0: training that only makes a good RM worse
+    on held-out rankings is undone.
 
     Metrics: ``train_loss`` (mean over the last epoch's batches), ``train_accuracy``,
     ``val_accuracy_before`` / ``val_accuracy`` / ``val_loss`` (when ``val`` has usable
@@ -393,6 +400,9 @@ def train_reward_model(
         before = evaluate_rankings(model, tokenizer, val_usable, config, accelerator)
         metrics["val_accuracy_before"] = before["accuracy"]
         emit(on_step, "reward", 0, {"val_accuracy": before["accuracy"], "val_loss": before["loss"]})
+        if keep_start_if_better:  # a warm start competes as "epoch 0"
+            best = (before["accuracy"], -before["loss"])
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
 
     step = 0
     rows_seen = pairs_seen = rankings_seen = 0
@@ -452,7 +462,7 @@ def train_reward_model(
     elapsed = time.perf_counter() - start
     if best_state is not None and best_epoch != epochs_run:
         accelerator.unwrap_model(model).load_state_dict(best_state)
-        logger.info("RM: kept epoch %d of %d (best held-out accuracy)", best_epoch, epochs_run)
+        logger.info("RM: kept epoch %d of %d (best held-out accuracy; 0 = the warm start)", best_epoch, epochs_run)
     del best_state
 
     totals = accelerator.reduce(epoch_stats, reduction="sum")
@@ -469,7 +479,7 @@ def train_reward_model(
         comparisons_per_s=float(counts[0]) / max(elapsed, 1e-9),
         steps=float(step),
         epochs_run=float(epochs_run),
-        best_epoch=float(best_epoch or epochs_run),
+        best_epoch=float(best_epoch if best is not None else epochs_run),
         seconds=elapsed,
     )
     if val_usable:
