@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db import chunks
 from app.models import (
     DEFAULT_SAMPLING,
     Completion,
@@ -123,14 +124,9 @@ class RoundData:
         return self.rm_train + self.rm_val
 
 
-def _chunks(ids: list[int], size: int = 500):  # type: ignore[no-untyped-def]
-    for i in range(0, len(ids), size):
-        yield ids[i : i + size]
-
-
 def _prompts_by_id(db: Session, ids: set[int]) -> dict[int, Prompt]:
     found: dict[int, Prompt] = {}
-    for chunk in _chunks(sorted(ids)):
+    for chunk in chunks(sorted(ids)):
         for prompt in db.scalars(select(Prompt).where(Prompt.id.in_(chunk))):
             found[prompt.id] = prompt
     return found
@@ -189,17 +185,17 @@ def load_round_data(
     data = RoundData()
 
     demos: list[Demonstration] = []
-    for chunk in _chunks(list(ids["demonstrations"])):
+    for chunk in chunks(list(ids["demonstrations"])):
         demos.extend(db.scalars(select(Demonstration).where(Demonstration.id.in_(chunk))))
     rankings: list[Ranking] = []
-    for chunk in _chunks(list(ids["rankings"])):
+    for chunk in chunks(list(ids["rankings"])):
         rankings.extend(db.scalars(select(Ranking).where(Ranking.id.in_(chunk))))
     demos.sort(key=lambda d: d.id)
     rankings.sort(key=lambda r: r.id)
 
     completion_ids = sorted({int(c) for r in rankings for group in r.ranking for c in group})
     texts: dict[int, str] = {}
-    for chunk in _chunks(completion_ids):
+    for chunk in chunks(completion_ids):
         texts.update(dict(db.execute(select(Completion.id, Completion.text).where(Completion.id.in_(chunk))).all()))
 
     prompt_ids = set(ids["prompts_train"]) | set(ids["prompts_validation"])

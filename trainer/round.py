@@ -35,7 +35,7 @@ import math
 import random
 import shutil
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -581,7 +581,7 @@ class _Round:
             return StageOutcome.skipped("ppo", "no train prompts in the snapshot")
         if cfg.ptx_coef > 0 and not data.sft_train:
             self.control.log("ppo_ptx_coef > 0 but there are no demonstrations; PPO-ptx off", "warning")
-            cfg = _replace(cfg, ptx_coef=0.0)
+            cfg = replace(cfg, ptx_coef=0.0)
         prompts = _pick(data.train_prompts, cfg.max_prompts, job.cfg.seed)
         iterations = derive_ppo_iterations(cfg, len(prompts), self.accelerator.num_processes)
         ref, ref_name = self._kl_reference(model, job)
@@ -592,7 +592,7 @@ class _Round:
         value = copy.deepcopy(rm)
         reward_fn = reward_fn_from_model(rm, self.tokenizer, max_length=job.cfg.rm.max_length)
         metrics = train_ppo(
-            model, ref, value, reward_fn, self.tokenizer, prompts, _replace(cfg, iterations=iterations),
+            model, ref, value, reward_fn, self.tokenizer, prompts, replace(cfg, iterations=iterations),
             ptx_examples=data.sft_train if cfg.ptx_coef > 0 else None, accelerator=self.accelerator,
             on_step=self.on_step_for("ppo", iterations), should_stop=self.control.should_stop,
         )
@@ -975,12 +975,6 @@ def _lineage(db: Any, policy: Policy) -> list[Policy]:
         out.append(current)
         current = db.get(Policy, current.parent_id) if current.parent_id is not None else None
     return out
-
-
-def _replace(cfg: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 def _describe_device(device: Any) -> str:

@@ -23,7 +23,6 @@ from trainer.config import (
     ROUND_KEYS,
     ConfigError,
     RoundKey,
-    round_defaults,
     validate_round_config,
 )
 
@@ -50,10 +49,6 @@ def progress_plan(stages: list[str]) -> dict[str, tuple[float, float]]:
         plan[part] = (at, span)
         at += span
     return plan
-
-
-def config_defaults() -> dict[str, Any]:
-    return round_defaults()
 
 
 def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
