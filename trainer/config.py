@@ -95,6 +95,11 @@ class RMConfig:
     grad_accum: int = param(1, "micro-batches per optimizer step", min=1, max=1024)
     max_length: int = param(512, "tokens per prompt + completion", min=16, max=32768)
     weight_decay: float = param(0.0, "AdamW weight decay", min=0, max=1)
+    trainable_layers: int | None = param(
+        None, "decoder layers trained, counted from the top (with the final norm and the score head); the "
+        "embeddings and the layers below stay frozen. null = all layers; 0 = the head and final norm only",
+        min=0, max=1000,
+    )
     warmup_ratio: float = param(0.03, "share of steps with a linear learning-rate warmup", min=0, max=0.5)
     lr_schedule: str = param("cosine", "learning-rate decay after warmup", choices=("constant", "linear", "cosine"))
     max_grad_norm: float = param(1.0, "gradient clipping norm", min=0)

@@ -217,3 +217,20 @@ def test_a_warm_start_that_training_only_makes_worse_is_kept(rm, tokenizer, acce
     bad = RMConfig(lr=2e-3, epochs=2, patience=2, min_steps=0, rankings_per_batch=4, max_length=64, warmup_ratio=0.0)
     again = train_reward_model(rm, tokenizer, flipped, val, bad, accelerator, keep_start_if_better=True)
     assert again["best_epoch"] == 0 and again["val_accuracy"] == again["val_accuracy_before"] >= 0.9, again
+
+
+def test_trainable_layers_freezes_the_embeddings_and_lower_layers(rm, tokenizer, accelerator):
+    from trainer.stages.reward import decoder_layers
+
+    layers = decoder_layers(rm.backbone)
+    assert len(layers) >= 2
+    before = [p.detach().clone() for p in rm.parameters()]
+    config = RMConfig(lr=2e-3, epochs=1, patience=1, min_steps=0, rankings_per_batch=4, max_length=64,
+                      warmup_ratio=0.0, trainable_layers=1)
+    train_reward_model(rm, tokenizer, marker_rankings(8, seed=1), [], config, accelerator)
+    changed = {id(p) for p, old in zip(rm.parameters(), before) if not torch.equal(p.detach(), old)}
+    ids = lambda module: {id(p) for p in module.parameters()}  # noqa: E731
+    frozen = ids(rm.backbone.get_input_embeddings()).union(*(ids(layer) for layer in layers[:-1]))
+    assert changed & ids(layers[-1]) and changed & ids(rm.score_head)  # the top layer and the head trained
+    assert not changed & frozen  # the embeddings and the lower layers did not
+    assert all(p.requires_grad for p in rm.parameters())  # restored for whoever uses the RM next

@@ -27,12 +27,13 @@ On-disk layout (:meth:`RewardModel.save`): the backbone in Hugging Face layout
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,45 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * (positions + 1)).argmax(dim=1)
 
 
+def decoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of decoder layers (``layers`` on Llama-style models)."""
+    n = backbone.config.get_text_config().num_hidden_layers
+    for module in backbone.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"cannot find the {n} decoder layers of {type(backbone).__name__}")
+
+
+@contextlib.contextmanager
+def frozen_below(rm: RewardModel, trainable_layers: int | None) -> Iterator[None]:
+    """Train only the top ``trainable_layers`` decoder layers, the final norm and the head.
+
+    The embeddings and the lower layers get ``requires_grad=False`` for the duration (so
+    autograd keeps no activations below the first trainable layer and the backward pass
+    is that much shorter), and are restored afterwards. ``None`` trains everything.
+    """
+    if trainable_layers is None:
+        yield
+        return
+    layers = decoder_layers(rm.backbone)
+    keep = {id(p) for layer in list(layers)[len(layers) - trainable_layers :] for p in layer.parameters()}
+    keep |= {id(p) for p in rm.score_head.parameters()}
+    in_layers = {id(p) for p in layers.parameters()}
+    embeddings = rm.backbone.get_input_embeddings()
+    in_embeddings = {id(p) for p in embeddings.parameters()} if embeddings is not None else set()
+    frozen = [
+        p for p in rm.parameters()
+        if p.requires_grad and id(p) not in keep and (id(p) in in_layers or id(p) in in_embeddings)
+    ]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 # ------------------------------------------------------------------------------ data
 
 
@@ -350,6 +390,21 @@ def train_reward_model(
     ``steps``, ``seconds``.
     """
     config = config or RMConfig()
+    with frozen_below(rm, config.trainable_layers):
+        return _train(rm, tokenizer, train, val, config, accelerator, on_step, should_stop, keep_start_if_better)
+
+
+def _train(
+    rm: RewardModel,
+    tokenizer,
+    train: Sequence[RankingExample],
+    val: Sequence[RankingExample],
+    config: RMConfig,
+    accelerator,
+    on_step: StepCallback | None,
+    should_stop: Callable[[], bool] | None,
+    keep_start_if_better: bool,
+) -> dict[str, float]:
     accelerator = get_accelerator(accelerator)
     seed_everything(config.seed, accelerator)
     set_dropout_off(rm)
