@@ -13,17 +13,24 @@ config**: the defaults a user gets from "Start training round". Per round it rec
 * KL from v0 (the trainer's evaluation), the RM's held-out accuracy, what each gate
   decided and why, and the wall time of each stage.
 
-It writes docs/learning.md (tables and discussion placeholders are filled from the
-figures), docs/learning.csv and docs/learning.png.
+After the rounds, simulated labelers judge v0 against the scenario's last deployed policy
+in a blind evaluation (compare tasks through the API, a Bradley-Terry leaderboard), so the
+human-style verdict sits beside the preference's own scores (``--no-evaluate`` skips it,
+``--evaluate`` runs only it on finished scenarios).
+
+It writes docs/learning.md (the tables between their markers; the discussion is kept),
+docs/learning.csv and docs/learning.png.
 
     python bench/learning.py                       # the default matrix (CPU, about an hour per scenario)
     python bench/learning.py --scenarios concise,key_term --parallel 2 --threads 1
     python bench/learning.py --full                # adds labeler noise and DPO (for a GPU)
+    python bench/learning.py --evaluate --scenarios concise   # the blind evaluation of a finished scenario
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -34,6 +41,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,39 +134,61 @@ def _v0_dir(cache: Path) -> Path:
     return target
 
 
-def run_scenario(sc: Scenario, args: argparse.Namespace, v0: Path, log) -> list[RoundFigures]:  # type: ignore[no-untyped-def]
-    work = Path(args.work) / sc.name
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    env = {
+def _scenario_env(work: Path, args: argparse.Namespace) -> dict[str, str]:
+    return {
         **os.environ, "RLHF_DATA_DIR": str(work / "data"), "RLHF_TORCH_THREADS": str(args.threads),
         "RLHF_SAMPLER_BATCH_SIZE": str(args.sampler_batch), "PYTHONUNBUFFERED": "1",
         # fewer malloc arenas: the worker's threads (sampler, heartbeat, round) otherwise keep
         # gigabytes of freed memory each, and two scenarios at once fill a 24 GiB machine
         "MALLOC_ARENA_MAX": "2",
     }
-    _rlhf(env, "db", "upgrade")
-    _rlhf(env, "policy", "bootstrap", "--base", str(v0))
-    _rlhf(env, "users", "create", "benchadmin", "--role", "admin", stdin="bench-admin-password\nbench-admin-password\n")
-    token = _rlhf(env, "tokens", "create", "benchadmin").strip().splitlines()[-1]
+
+
+@contextlib.contextmanager
+def _service(env: dict[str, str], work: Path, tag: str = "") -> Iterator[str]:
+    """``rlhf serve`` and ``rlhf worker`` on the scenario's data directory; yields the URL."""
+    import httpx
+
     port = _free_port()
-    logs = (work / "server.log").open("w"), (work / "worker.log").open("w")
+    logs = (work / f"server{tag}.log").open("w"), (work / f"worker{tag}.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
                               stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, cwd=ROOT,
                               stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
     try:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {token}"}
         for _ in range(120):
             try:
                 if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
+        yield url
+    finally:
+        for proc in (worker, server):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for f in logs:
+            f.close()
+
+
+def run_scenario(sc: Scenario, args: argparse.Namespace, v0: Path, log) -> list[RoundFigures]:  # type: ignore[no-untyped-def]
+    work = Path(args.work) / sc.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = _scenario_env(work, args)
+    _rlhf(env, "db", "upgrade")
+    _rlhf(env, "policy", "bootstrap", "--base", str(v0))
+    _rlhf(env, "users", "create", "benchadmin", "--role", "admin", stdin="bench-admin-password\nbench-admin-password\n")
+    token = _rlhf(env, "tokens", "create", "benchadmin").strip().splitlines()[-1]
+    started = time.monotonic()
+    with _service(env, work) as url:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"}
         body = {"name": "bench", "k": 4, "overlap": 1, "demonstration_share": args.demonstration_share,
                 "sampling": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": args.max_new_tokens}}
         set_id = httpx.post(f"{url}/api/v1/prompt-sets", json=body, headers=headers, timeout=30).raise_for_status().json()["id"]
@@ -187,15 +217,61 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, v0: Path, log) -> list[
         del rows
         log(f"[{sc.name}] done in {(time.monotonic() - started) / 60:.1f} min")
         return figures
-    finally:
-        for proc in (worker, server):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=60)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
-        for f in logs:
-            f.close()
+
+
+@dataclass
+class EvaluationFigures:
+    """A blind evaluation of v0 against a scenario's last deployed policy by simulated labelers."""
+
+    scenario: str
+    policies: list[str]
+    comparisons: int
+    ratings: dict[str, tuple[float, float, float]]  # version -> (rating, low, high)
+    win_rate: float | None  # the last policy's head-to-head win rate against v0
+    win_low: float | None
+    win_high: float | None
+    mean_scores: dict[str, float]  # version -> the preference's mean over the compared samples
+    agrees: bool
+
+
+def evaluate_scenario(sc: Scenario, args: argparse.Namespace, log) -> EvaluationFigures | None:  # type: ignore[no-untyped-def]
+    """Start the scenario's service again and let simulated labelers judge v0 against its
+    last deployed policy blind, through the compare tasks (issue: human evaluation)."""
+    from sqlalchemy import select
+
+    from app.db import Database
+    from app.models import Policy
+    from app.simulation.compare import simulate_evaluation
+
+    work = Path(args.work) / sc.name
+    database = Database(f"sqlite:///{work / 'data' / 'rlhf.db'}")
+    with database.session() as db:
+        policies = list(db.scalars(select(Policy).order_by(Policy.version)))
+        served = [p for p in policies if p.version == 0 or p.deployed_at is not None]
+    database.dispose()
+    if len(served) < 2:
+        log(f"[{sc.name}] evaluation: no policy beyond v0 was deployed")
+        return None
+    first, last = served[0], served[-1]
+    env = _scenario_env(work, args)
+    token = _rlhf(env, "tokens", "create", "benchadmin").strip().splitlines()[-1]
+    with _service(env, work, tag="-eval") as url:
+        log(f"[{sc.name}] evaluation: v{first.version} against v{last.version}")
+        result = simulate_evaluation(url, token, [first.id, last.id], "bench", labelers=args.labelers,
+                                     preference=sc.preference, flip_prob=sc.flip_prob, seed=args.seed,
+                                     timeout_s=3600)
+    board = result["leaderboard"]
+    version = {first.id: f"v{first.version}", last.id: f"v{last.version}"}
+    ratings = {version[r["policy_id"]]: (r["rating"], *(r["rating_interval"] or (math.nan, math.nan)))
+               for r in board["policies"] if r["policy_id"] in version}
+    pair = next((r for r in board["pairs"] if r["policy_id"] == last.id and r["opponent_id"] == first.id), None)
+    low, high = (pair or {}).get("win_rate_interval") or (None, None)
+    return EvaluationFigures(
+        scenario=sc.name, policies=[version[first.id], version[last.id]], comparisons=int(board["comparisons"]),
+        ratings=ratings, win_rate=(pair or {}).get("win_rate"), win_low=low, win_high=high,
+        mean_scores={version[int(pid)]: float(v["mean_score"]) for pid, v in result["preference_scores"].items()},
+        agrees=bool(result["agrees"]),
+    )
 
 
 def _figures(sc: Scenario, sim: Simulation, rows: list[Any]) -> list[RoundFigures]:
@@ -326,6 +402,34 @@ def results_table(figures: list[RoundFigures]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
+EVAL_BEGIN = "<!-- bench/learning.py evaluation: begin -->"
+EVAL_END = "<!-- bench/learning.py evaluation: end -->"
+
+
+def evaluation_table(evals: list[EvaluationFigures]) -> str:
+    lines = ["| scenario | policies | comparisons | Bradley-Terry rating [95% CI] | last vs v0 win rate [95% CI] | "
+             "preference mean of the compared samples | leaderboard order = score order |",
+             "| --- | --- | ---: | --- | --- | --- | --- |"]
+    for e in evals:
+        ratings = "; ".join(f"{v} {r:.0f} [{lo:.0f}, {hi:.0f}]" for v, (r, lo, hi) in e.ratings.items())
+        win = "-" if e.win_rate is None else f"{e.win_rate:.2f} [{e.win_low:.2f}, {e.win_high:.2f}]"
+        scores = "; ".join(f"{v} {m:.3f}" for v, m in e.mean_scores.items())
+        lines.append(f"| {e.scenario} | {' vs '.join(e.policies)} | {e.comparisons} | {ratings} | {win} | {scores} | "
+                     f"{'yes' if e.agrees else 'no'} |")
+    return "\n".join(lines)
+
+
+def write_evaluations(evals: list[EvaluationFigures], out_md: Path, header: str) -> None:
+    """The evaluation table into ``out_md`` between its markers (appended when missing)."""
+    block = f"{EVAL_BEGIN}\n{header}\n\n{evaluation_table(evals)}\n{EVAL_END}"
+    text = out_md.read_text() if out_md.exists() else "# Learning benchmark\n\n"
+    if EVAL_BEGIN in text and EVAL_END in text:
+        text = text[: text.index(EVAL_BEGIN)] + block + text[text.index(EVAL_END) + len(EVAL_END):]
+    else:
+        text = text.rstrip() + "\n\n## Human-style evaluation of the last policy\n\n" + block + "\n"
+    out_md.write_text(text)
+
+
 def read_csv(path: Path) -> list[RoundFigures]:
     """Figures back from a CSV this benchmark wrote (``--render``)."""
     def num(v: str) -> float | None:
@@ -405,6 +509,10 @@ def main() -> None:
     parser.add_argument("--header", default="", help="with --render / --from-work: the line above the table")
     parser.add_argument("--from-work", action="store_true",
                         help="report the finished rounds of the scenarios under --work (a stopped or running benchmark)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="only the blind evaluation (v0 against the last deployed policy, simulated labelers) of "
+                             "the finished scenarios under --work")
+    parser.add_argument("--no-evaluate", action="store_true", help="skip the blind evaluation after the rounds")
     args = parser.parse_args()
     if args.render:
         write_outputs(read_csv(Path(args.render)), Path(args.out), args.header)
@@ -424,6 +532,16 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
+    eval_header = (f"bench/learning.py, {time.strftime('%Y-%m-%d')}: a blind evaluation per scenario (compare tasks "
+                   f"through the API, {args.labelers} simulated labelers with the scenario's preference and noise, "
+                   "one judgment per validation prompt and sample pair, ties count half).")
+    if args.evaluate:
+        evals = [e for sc in scenarios if (Path(args.work) / sc.name / "data").is_dir()
+                 for e in [evaluate_scenario(sc, args, log)] if e is not None]
+        write_evaluations(evals, Path(args.out), eval_header)
+        print(evaluation_table(evals))
+        return
+
     v0 = _v0_dir(Path(args.work))
     figures: list[RoundFigures] = []
     header = (f"bench/learning.py, {time.strftime('%Y-%m-%d')}: {args.prompts} prompts "
@@ -438,11 +556,22 @@ def main() -> None:
             log(f"[{sc.name}] failed: {type(exc).__name__}: {exc}")
             return []
 
+    def evaluated(sc: Scenario) -> EvaluationFigures | None:
+        try:
+            return None if args.no_evaluate else evaluate_scenario(sc, args, log)
+        except Exception as exc:  # noqa: BLE001 - the rounds' figures are reported either way
+            log(f"[{sc.name}] evaluation failed: {type(exc).__name__}: {exc}")
+            return None
+
+    evals: list[EvaluationFigures] = []
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
-        for result in pool.map(one, scenarios):
+        for result, ev in pool.map(lambda sc: (one(sc), evaluated(sc)), scenarios):
             figures.extend(result)
+            evals.extend([ev] if ev else [])
             if figures:
                 write_outputs(figures, Path(args.out), header)
+            if evals:
+                write_evaluations(evals, Path(args.out), eval_header)
     for f in figures:
         print(f)
 

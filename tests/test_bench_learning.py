@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.learning import RESULTS_BEGIN, RESULTS_END, RoundFigures, read_csv, write_outputs
+from bench.learning import (
+    EVAL_BEGIN,
+    RESULTS_BEGIN,
+    RESULTS_END,
+    EvaluationFigures,
+    RoundFigures,
+    read_csv,
+    write_evaluations,
+    write_outputs,
+)
 
 
 def test_the_results_go_between_the_markers_and_round_trip_through_the_csv(tmp_path: Path) -> None:
@@ -22,3 +31,16 @@ def test_the_results_go_between_the_markers_and_round_trip_through_the_csv(tmp_p
     assert "| concise | 1 | v1 | 0.350 ± 0.060 | 0.62 [0.45, 0.77] | 0.80 | 0.81 | pass (0.66-0.91, n=40) | pass | 80/300/240 | 700 |" in text
     assert read_csv(page.with_suffix(".csv")) == figures
     assert page.with_suffix(".png").is_file()
+
+
+def test_the_evaluation_table_has_its_own_markers_and_keeps_the_results(tmp_path: Path) -> None:
+    page = tmp_path / "learning.md"
+    page.write_text(f"# Learning\n\n{RESULTS_BEGIN}\nrounds\n{RESULTS_END}\n")
+    ev = EvaluationFigures("concise", ["v0", "v2"], 32, {"v0": (950.0, 900.0, 990.0), "v2": (1050.0, 1010.0, 1100.0)},
+                           0.72, 0.55, 0.84, {"v0": 0.12, "v2": 0.61}, True)
+    write_evaluations([ev], page, "first")
+    write_evaluations([ev], page, "second")  # replaced in place, not appended twice
+    text = page.read_text()
+    assert text.count(EVAL_BEGIN) == 1 and "first" not in text and "second" in text and "rounds" in text
+    assert ("| concise | v0 vs v2 | 32 | v0 950 [900, 990]; v2 1050 [1010, 1100] | 0.72 [0.55, 0.84] | "
+            "v0 0.120; v2 0.610 | yes |") in text
