@@ -26,22 +26,13 @@ from torch.utils.data import DataLoader
 
 from trainer.config import DPOConfig, epochs_for
 
-from .common import (
-    StepCallback,
-    backward_and_step,
-    check_cancel,
-    emit,
-    encode_prompt_response,
-    get_accelerator,
-    make_adamw,
-    pad_right,
-    pad_token_id,
-    prepare_supervised,
-    prompt_text,
-    seed_everything,
-    set_dropout_off,
-    token_logprobs,
-)
+from trainer.prompting import encode_prompt_response, pad_token_id, prompt_text
+
+from .accel import get_accelerator, seed_everything, set_dropout_off
+from .callbacks import StepCallback, check_cancel
+from .metrics import emit
+from .optim import backward_and_step, make_adamw, prepare_supervised
+from .tensors import pad_right, token_logprobs
 from .reward import RankingExample, pairs_from_ranking
 
 logger = logging.getLogger(__name__)

@@ -35,29 +35,14 @@ from torch import nn
 from app.models.prompts import DEFAULT_SAMPLING
 from trainer.config import PPOConfig, derive_ppo_iterations, with_sampling
 
-from .common import (
-    PromptLike,
-    Samples,
-    StepCallback,
-    backward_and_step,
-    check_cancel,
-    emit,
-    entropy_from_logits,
-    get_accelerator,
-    make_adamw,
-    masked_mean,
-    masked_whiten,
-    maybe_gradient_checkpointing,
-    pad_token_id,
-    prompt_text,
-    response_logits,
-    response_logprobs,
-    sample_responses,
-    seed_everything,
-    set_dropout_off,
-    shard,
-    token_logprobs,
-)
+from trainer.prompting import PromptLike, pad_token_id, prompt_text
+
+from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
+from .callbacks import StepCallback, check_cancel
+from .metrics import emit
+from .optim import backward_and_step, make_adamw
+from .sampling import Samples, response_logits, response_logprobs, sample_responses
+from .tensors import entropy_from_logits, masked_mean, masked_whiten, token_logprobs
 from .sft import SFTExample, collate_sft, completion_loss, encode_sft_example
 
 logger = logging.getLogger(__name__)
@@ -159,7 +144,7 @@ def train_ppo(
     ``value_model`` is a :class:`~trainer.stages.reward.RewardModel`-shaped module (a copy
     of the trained RM, InstructGPT-style) with ``token_scores(input_ids, attention_mask)``.
     ``ref_policy`` is a frozen copy of the starting (SFT) policy. ``prompts`` are any
-    :data:`~trainer.stages.common.PromptLike`; ``reward_fn`` receives the rendered prompt
+    :data:`~trainer.prompting.PromptLike`; ``reward_fn`` receives the rendered prompt
     texts and the decoded responses (special tokens skipped) and returns ``[B]`` scores.
 
     ``on_step("ppo", iteration, metrics)`` gets per iteration: ``score`` (mean reward_fn

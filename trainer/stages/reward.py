@@ -47,28 +47,14 @@ from app.services.rankings import (
 )
 from trainer.config import RMConfig, epochs_for
 
-from .common import (
-    Message,
-    PromptLike,
-    StepCallback,
-    atomic_dir,
-    backward_and_step,
-    check_cancel,
-    emit,
-    encode_prompt_response,
-    get_accelerator,
-    make_adamw,
-    maybe_gradient_checkpointing,
-    model_device,
-    pad_right,
-    pad_token_id,
-    position_ids_from_mask,
-    prepare_supervised,
-    prompt_text,
-    seed_everything,
-    set_dropout_off,
-    shard,
-)
+from trainer.prompting import Message, PromptLike, encode_prompt_response, pad_token_id, prompt_text
+
+from .accel import get_accelerator, maybe_gradient_checkpointing, model_device, seed_everything, set_dropout_off, shard
+from .callbacks import StepCallback, check_cancel
+from .checkpoint import atomic_dir
+from .metrics import emit
+from .optim import backward_and_step, make_adamw, prepare_supervised
+from .tensors import pad_right, position_ids_from_mask
 
 logger = logging.getLogger(__name__)
 
@@ -609,7 +595,7 @@ def normalize_reward_bias(
     """Shift the head bias so ``examples`` (prompt, response) score mean 0; return the shift.
 
     Use the demonstrations, or policy samples when there are none (InstructGPT). The
-    prompt may be any :data:`~trainer.stages.common.PromptLike` (plain text, messages, or
+    prompt may be any :data:`~trainer.prompting.PromptLike` (plain text, messages, or
     a ``(prompt, messages)`` tuple); it is rendered with the chat template here.
     """
     if not examples:

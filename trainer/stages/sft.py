@@ -19,25 +19,13 @@ from torch.utils.data import DataLoader
 
 from trainer.config import SFTConfig, epochs_for
 
-from .common import (
-    IGNORE_INDEX,
-    Message,
-    StepCallback,
-    backward_and_step,
-    check_cancel,
-    emit,
-    encode_prompt_response,
-    get_accelerator,
-    make_adamw,
-    maybe_gradient_checkpointing,
-    pad_right,
-    pad_token_id,
-    prepare_supervised,
-    prompt_text,
-    seed_everything,
-    set_dropout_off,
-    shard,
-)
+from trainer.prompting import Message, encode_prompt_response, pad_token_id, prompt_text
+
+from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
+from .callbacks import StepCallback, check_cancel
+from .metrics import emit
+from .optim import backward_and_step, make_adamw, prepare_supervised
+from .tensors import IGNORE_INDEX, pad_right
 
 logger = logging.getLogger(__name__)
 
