@@ -6,8 +6,8 @@ says so (raising :class:`Cancelled`), and returns a dict of float metrics. The w
 wires them into jobs. See docs/training.md.
 
 The toolbox they share, a drawer per concern: ``callbacks`` (the step callback,
-cancellation), ``metrics`` (where metrics go), ``optim`` (AdamW, the LR schedule, the
-optimizer step), ``accel`` (Accelerate, seeding, dropout, shards),
+cancellation), ``metrics`` (where metrics go), ``optim`` (the optimizer factory, the
+LR schedule, the optimizer step), ``accel`` (Accelerate, seeding, dropout, shards),
 ``tensors`` (padding, masks, log-probabilities), ``sampling`` (rollouts and their
 log-probabilities), ``checkpoint`` (atomic directories). Prompts are
 rendered and tokenised in trainer/prompting.py. ``common`` only re-exports these names

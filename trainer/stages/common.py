@@ -3,7 +3,7 @@ goes on working (tests, benchmarks, scripts). New code imports from the drawer i
 
 * ``callbacks`` - ``StepCallback``, ``Cancelled``, ``check_cancel``;
 * ``metrics`` - ``emit``, where metrics go;
-* ``optim`` - AdamW, the LR schedule, the optimizer step;
+* ``optim`` - the optimizer factory, the LR schedule, the optimizer step;
 * ``accel`` - the Accelerator, seeding, dropout, gradient checkpointing, shards;
 * ``tensors`` - padding, masks, masked statistics, log-probabilities;
 * ``sampling`` - ``Samples``, ``sample_responses``, response log-probabilities;
@@ -33,7 +33,7 @@ from .accel import (
 from .callbacks import Cancelled, StepCallback, check_cancel
 from .checkpoint import atomic_dir
 from .metrics import emit
-from .optim import backward_and_step, lr_lambda, make_adamw, prepare_supervised
+from .optim import backward_and_step, configure_optimizer, lr_lambda, prepare_supervised
 from .sampling import Samples, response_logits, response_logprobs, sample_responses
 from .tensors import (
     IGNORE_INDEX,
@@ -61,6 +61,7 @@ __all__ = [
     "backward_and_step",
     "build_chat_prompt",
     "check_cancel",
+    "configure_optimizer",
     "emit",
     "encode_prompt_response",
     "entropy_from_logits",
@@ -68,7 +69,6 @@ __all__ = [
     "get_accelerator",
     "lr_lambda",
     "make_accelerator",
-    "make_adamw",
     "masked_mean",
     "masked_whiten",
     "maybe_gradient_checkpointing",

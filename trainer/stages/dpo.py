@@ -31,7 +31,7 @@ from trainer.prompting import encode_prompt_response, pad_token_id, prompt_text
 from .accel import get_accelerator, seed_everything, set_dropout_off
 from .callbacks import StepCallback, check_cancel
 from .metrics import emit
-from .optim import backward_and_step, make_adamw, prepare_supervised
+from .optim import backward_and_step, configure_optimizer, prepare_supervised, trainable
 from .tensors import pad_right, token_logprobs
 from .reward import RankingExample, pairs_from_ranking
 
@@ -153,7 +153,8 @@ def train_dpo(
         generator=torch.Generator().manual_seed(config.seed),
     )
     epochs = epochs_for(len(encoded), config.rankings_per_batch, 1, config.epochs, config.min_steps, config.max_epochs)
-    optimizer = make_adamw([p for p in policy.parameters() if p.requires_grad], lr=config.lr, betas=(0.9, 0.95))
+    # weight_decay 0.01 is torch's AdamW default, which DPO has always trained with
+    optimizer = configure_optimizer(trainable(policy), lr=config.lr, weight_decay=0.01)
     model, optimizer, loader, scheduler = prepare_supervised(
         accelerator, policy, optimizer, loader, grad_accum=1, epochs=epochs,
         warmup_ratio=config.warmup_ratio, schedule="cosine",

@@ -40,7 +40,7 @@ from trainer.prompting import PromptLike, pad_token_id, prompt_text
 from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
 from .callbacks import StepCallback, check_cancel
 from .metrics import emit
-from .optim import backward_and_step, make_adamw
+from .optim import ParamGroups, backward_and_step, configure_optimizer, trainable
 from .sampling import Samples, response_logits, response_logprobs, sample_responses
 from .tensors import entropy_from_logits, masked_mean, masked_whiten, token_logprobs
 from .sft import SFTExample, collate_sft, completion_loss, encode_sft_example
@@ -73,6 +73,13 @@ class PolicyAndValue(nn.Module):
         values = self.value_model.token_scores(input_ids, attention_mask)[:, prompt_len - 1 : -1]
         ptx_loss = completion_loss(self.policy, ptx_batch)[0] if ptx_batch is not None else None
         return logits, values, ptx_loss
+
+    def optimizer_groups(self, lr: float, value_lr: float | None) -> ParamGroups:
+        """The policy and the value model as two groups, each with its learning rate."""
+        return [
+            {"params": trainable(self.policy), "lr": lr},
+            {"params": trainable(self.value_model), "lr": value_lr or lr},
+        ]
 
 
 class AdaptiveKLController:
@@ -176,11 +183,13 @@ def train_ppo(
     if not any(p.requires_grad for p in value_model.parameters()):
         logger.warning("the value model has no trainable parameter: its values stay those of the initial RM")
     wrapper = PolicyAndValue(policy, value_model)
-    groups = [
-        {"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.lr},
-        {"params": [p for p in value_model.parameters() if p.requires_grad], "lr": config.value_lr or config.lr},
-    ]
-    optimizer = make_adamw(groups, lr=config.lr, weight_decay=config.weight_decay, eps=1e-5)
+    optimizer = configure_optimizer(
+        wrapper.optimizer_groups(config.lr, config.value_lr),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=(0.9, 0.999),
+        eps=1e-5,
+    )
     micro = config.micro_batch_size or config.minibatch_size
     n_micro = config.minibatch_size // micro
     accelerator.gradient_accumulation_steps = n_micro

@@ -53,7 +53,7 @@ from .accel import get_accelerator, maybe_gradient_checkpointing, model_device, 
 from .callbacks import StepCallback, check_cancel
 from .checkpoint import atomic_dir
 from .metrics import emit
-from .optim import backward_and_step, make_adamw, prepare_supervised
+from .optim import backward_and_step, configure_optimizer, prepare_supervised, trainable
 from .tensors import pad_right, position_ids_from_mask
 
 logger = logging.getLogger(__name__)
@@ -416,12 +416,7 @@ def _train(
     # The pairwise loss is invariant to the head bias (its gradient is 0 up to rounding,
     # which Adam would amplify into drift), so the bias is left to normalisation.
     bias = rm.score_head.bias
-    optimizer = make_adamw(
-        [p for p in rm.parameters() if p.requires_grad and p is not bias],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        betas=(0.9, 0.95),
-    )
+    optimizer = configure_optimizer(trainable(rm, exclude=[bias]), lr=config.lr, weight_decay=config.weight_decay)
     val_usable = [ex for ex in val if _usable(ex, config)]
     # With held-out rankings: up to `epochs` passes, stopped by patience once past the step
     # floor. Without: as many passes as the step floor needs, at most `epochs`.

@@ -24,7 +24,7 @@ from trainer.prompting import Message, encode_prompt_response, pad_token_id, pro
 from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
 from .callbacks import StepCallback, check_cancel
 from .metrics import emit
-from .optim import backward_and_step, make_adamw, prepare_supervised
+from .optim import backward_and_step, configure_optimizer, decay_groups, prepare_supervised, trainable
 from .tensors import IGNORE_INDEX, pad_right
 
 logger = logging.getLogger(__name__)
@@ -139,12 +139,8 @@ def train_sft(
         collate_fn=lambda b: collate_sft(b, pad_id),
         generator=torch.Generator().manual_seed(config.seed),
     )
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = make_adamw(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.95),
+    optimizer = configure_optimizer(
+        decay_groups(trainable(model), config.weight_decay), lr=config.lr, weight_decay=config.weight_decay
     )
     epochs = epochs_for(
         len(encoded), config.batch_size, config.grad_accum, config.epochs, config.min_steps, config.max_epochs
