@@ -5,13 +5,18 @@ reports metrics through ``on_step(stage, step, metrics)``, stops when ``should_s
 says so (raising :class:`Cancelled`), and returns a dict of float metrics. The worker
 wires them into jobs. See docs/training.md.
 
-The toolbox they share, a drawer per concern: ``callbacks`` (the step callback,
-cancellation), ``metrics`` (where metrics go), ``optim`` (the optimizer factory, the
-LR schedule, the optimizer step), ``accel`` (Accelerate, seeding, dropout, shards),
-``tensors`` (padding, masks, log-probabilities), ``sampling`` (rollouts and their
-log-probabilities), ``checkpoint`` (atomic directories). Prompts are
-rendered and tokenised in trainer/prompting.py. ``common`` only re-exports these names
-for older imports.
+The toolbox they share, a drawer per concern:
+
+* ``callbacks``: the step callback, cancellation;
+* ``metrics``: the one metrics path every stage feeds (``StageMetrics``);
+* ``optim``: the optimizer factory, the LR schedule, the optimizer step;
+* ``accel``: Accelerate, seeding, dropout, gradient checkpointing, shards;
+* ``tensors``: padding, masks, masked statistics, log-probabilities;
+* ``sampling``: rollouts and their log-probabilities;
+* ``checkpoint``: weight snapshots, atomic directories.
+
+Prompts are rendered and tokenised in trainer/prompting.py. ``common`` only re-exports
+these names for older imports.
 """
 
 from trainer.config import DPOConfig, EvalConfig, PPOConfig, RMConfig, SFTConfig

@@ -1,4 +1,6 @@
-"""Directories of the stages: writing one so that readers never see it half-written."""
+"""Weights and directories of the stages: in-memory snapshots of a model's weights, and
+writing a directory so that readers never see it half-written.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +10,14 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of ``model``'s weights (to keep an epoch and restore it later)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 @contextlib.contextmanager

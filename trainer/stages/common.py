@@ -2,12 +2,12 @@
 goes on working (tests, benchmarks, scripts). New code imports from the drawer itself:
 
 * ``callbacks`` - ``StepCallback``, ``Cancelled``, ``check_cancel``;
-* ``metrics`` - ``emit``, where metrics go;
+* ``metrics`` - the one metrics path (``StageMetrics``, ``emit``);
 * ``optim`` - the optimizer factory, the LR schedule, the optimizer step;
 * ``accel`` - the Accelerator, seeding, dropout, gradient checkpointing, shards;
 * ``tensors`` - padding, masks, masked statistics, log-probabilities;
 * ``sampling`` - ``Samples``, ``sample_responses``, response log-probabilities;
-* ``checkpoint`` - atomic directory writes;
+* ``checkpoint`` - weight snapshots, atomic directory writes;
 * ``trainer/prompting.py`` - rendering and tokenising prompts (and prompt + response).
 """
 

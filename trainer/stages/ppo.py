@@ -39,7 +39,7 @@ from trainer.prompting import PromptLike, pad_token_id, prompt_text
 
 from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
 from .callbacks import StepCallback, check_cancel
-from .metrics import emit
+from .metrics import StageMetrics
 from .optim import ParamGroups, backward_and_step, configure_optimizer, trainable
 from .sampling import Samples, response_logits, response_logprobs, sample_responses
 from .tensors import entropy_from_logits, masked_mean, masked_whiten, token_logprobs
@@ -212,6 +212,7 @@ def train_ppo(
     kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.horizon)
     temp = config.temperature
 
+    log = StageMetrics("ppo", on_step, accelerator)
     start = time.perf_counter()
     first_score: float | None = None
     logged: dict[str, float] = {}
@@ -272,11 +273,6 @@ def train_ppo(
 
         # ---- 5. PPO epochs over minibatches
         model.train()
-        stats: dict[str, list[float]] = {
-            k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy")
-        }
-        if ptx_batches is not None:
-            stats["ptx_loss"] = []
         for _epoch in range(config.ppo_epochs):
             perm = torch.randperm(len(idx), device=accelerator.device)
             for mb_start in range(0, len(idx), config.minibatch_size):
@@ -311,35 +307,28 @@ def train_ppo(
                             loss = loss + config.ptx_coef * ptx_loss
                         backward_and_step(accelerator, model, optimizer, loss, config.max_grad_norm)
                     with torch.no_grad():
-                        stats["policy_loss"].append(float(pg_loss))
-                        stats["value_loss"].append(float(vf_loss))
-                        stats["clipfrac"].append(float(masked_mean((pg2 > pg1).float(), m)))
-                        stats["value_clipfrac"].append(float(masked_mean((vf2 > vf1).float(), m)))
-                        stats["approx_kl"].append(float(0.5 * masked_mean(log_ratio**2, m)))
-                        stats["entropy"].append(float(masked_mean(entropy_from_logits(logits), m)))
+                        log.add("policy_loss", pg_loss)
+                        log.add("value_loss", vf_loss)
+                        log.add("clipfrac", masked_mean((pg2 > pg1).float(), m))
+                        log.add("value_clipfrac", masked_mean((vf2 > vf1).float(), m))
+                        log.add("approx_kl", 0.5 * masked_mean(log_ratio**2, m))
+                        log.add("entropy", masked_mean(entropy_from_logits(logits), m))
                         if ptx_loss is not None:
-                            stats["ptx_loss"].append(float(ptx_loss))
+                            log.add("ptx_loss", ptx_loss)
                     del logits, vpred, loss
         model.eval()
 
-        # ---- 6. metrics and the KL controller
+        # ---- 6. metrics (this iteration's means over all processes) and the KL controller
         with torch.no_grad():
-            local = {
-                "score": raw_scores.mean(),
-                "reward": scores.mean(),
-                "kl": kl.sum(1).mean(),
-                "non_score_reward": non_score.sum(1).mean(),
-                "response_length": mask.sum(1).mean(),
-                "eos_fraction": samples.has_eos.float().mean(),
-                "return_mean": masked_mean(returns, mask),
-                "value_mean": masked_mean(values, mask),
-            }
-            for k, v in stats.items():
-                local[k] = torch.tensor(sum(v) / max(1, len(v)))
-            keys = sorted(local)
-            vec = torch.stack([local[k].float().to(accelerator.device) for k in keys])
-            vec = accelerator.reduce(vec, reduction="mean")
-            logged = {k: float(v) for k, v in zip(keys, vec)}
+            log.add("score", raw_scores.mean())
+            log.add("reward", scores.mean())
+            log.add("kl", kl.sum(1).mean())
+            log.add("non_score_reward", non_score.sum(1).mean())
+            log.add("response_length", mask.sum(1).mean())
+            log.add("eos_fraction", samples.has_eos.float().mean())
+            log.add("return_mean", masked_mean(returns, mask))
+            log.add("value_mean", masked_mean(values, mask))
+            logged = log.collect()
         elapsed = time.perf_counter() - start
         logged["kl_coef"] = kl_coef
         logged["episodes_per_s"] = it * world_batch / max(elapsed, 1e-9)
@@ -349,7 +338,7 @@ def train_ppo(
             kl_ctl.update(logged["kl"], world_batch)
         if not math.isfinite(logged["kl"]):
             logger.warning("PPO iteration %d: non-finite KL %s", it, logged["kl"])
-        emit(on_step, "ppo", it, logged)
+        log.emit(it, logged)
 
     elapsed = time.perf_counter() - start
     result = dict(logged)

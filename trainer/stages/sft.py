@@ -18,12 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.config import SFTConfig, epochs_for
-
 from trainer.prompting import Message, encode_prompt_response, pad_token_id, prompt_text
 
 from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
 from .callbacks import StepCallback, check_cancel
-from .metrics import emit
+from .checkpoint import cpu_state_dict
+from .metrics import StageMetrics
 from .optim import backward_and_step, configure_optimizer, decay_groups, prepare_supervised, trainable
 from .tensors import IGNORE_INDEX, pad_right
 
@@ -150,20 +150,20 @@ def train_sft(
         warmup_ratio=config.warmup_ratio, schedule=config.lr_schedule,
     )
 
+    log = StageMetrics("sft", on_step, accelerator)
     metrics: dict[str, float] = {"epochs": float(epochs)}
     if val:
         metrics["val_loss_before"] = evaluate_sft_loss(model, tokenizer, val, config, accelerator)
-        emit(on_step, "sft", 0, {"val_loss": metrics["val_loss_before"]})
+        log.emit(0, {"val_loss": metrics["val_loss_before"]})
 
     step = 0
     seen_tokens = 0
     supervised_tokens = 0
     start = time.perf_counter()
-    epoch_loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    window = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    epoch_loss = log.window()
     for epoch in range(epochs):
         model.train()
-        epoch_loss.zero_()
+        epoch_loss.clear()
         for batch in loader:
             check_cancel(should_stop)
             with accelerator.accumulate(model):
@@ -171,32 +171,25 @@ def train_sft(
                 grad_norm = backward_and_step(accelerator, model, optimizer, loss, config.max_grad_norm)
             seen_tokens += int(batch["attention_mask"].sum())
             supervised_tokens += int(n_tok)
-            pair = torch.stack([loss.detach().double() * n_tok.double(), n_tok.double()])
-            epoch_loss += pair
-            window += pair
+            epoch_loss.add("loss", loss, n_tok)
+            log.add("loss", loss, n_tok)
             if accelerator.sync_gradients:
                 scheduler.step()
                 step += 1
-                window_avg = accelerator.reduce(window.clone(), reduction="sum")
-                logged = {
-                    "loss": float(window_avg[0] / window_avg[1].clamp(min=1)),
-                    "lr": scheduler.get_last_lr()[0],
-                    "epoch": epoch + 1,
-                }
-                if grad_norm is not None:
-                    logged["grad_norm"] = float(grad_norm)
-                emit(on_step, "sft", step, logged)
-                window.zero_()
+                log.log(
+                    step,
+                    lr=scheduler.get_last_lr()[0],
+                    epoch=epoch + 1,
+                    grad_norm=float(grad_norm) if grad_norm is not None else None,
+                )
         if epoch_states is not None:
-            weights = accelerator.unwrap_model(model).state_dict()
-            epoch_states.append({k: v.detach().to("cpu", copy=True) for k, v in weights.items()})
+            epoch_states.append(cpu_state_dict(accelerator.unwrap_model(model)))
     elapsed = time.perf_counter() - start
 
-    epoch_total = accelerator.reduce(epoch_loss, reduction="sum")
-    metrics["train_loss"] = float(epoch_total[0] / epoch_total[1].clamp(min=1))
+    metrics["train_loss"] = epoch_loss.means(accelerator)["loss"]
     if val:
         metrics["val_loss_after"] = evaluate_sft_loss(model, tokenizer, val, config, accelerator)
-        emit(on_step, "sft", step, {"val_loss": metrics["val_loss_after"]})
+        log.emit(step, {"val_loss": metrics["val_loss_after"]})
     counts = accelerator.reduce(
         torch.tensor([seen_tokens, supervised_tokens], dtype=torch.float64, device=accelerator.device), reduction="sum"
     )
