@@ -188,7 +188,7 @@ def train_dpo(
             log.add("loss", loss)
             log.add_ratio("accuracy", correct, n_pairs)
             log.add_ratio("margin", margin, n_pairs)
-            log.log(step, lr=scheduler.get_last_lr()[0], epoch=epoch + 1)
+            log.log_optimizer_step(step, scheduler, epoch + 1)
     last_epoch = totals.means(accelerator)
     metrics.update(
         train_loss=last_epoch["loss"], train_accuracy=last_epoch["accuracy"], steps=float(step),

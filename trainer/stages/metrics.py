@@ -101,6 +101,16 @@ class StageMetrics(RunningMeans):
         self.emit(step, values)
         return values
 
+    def log_optimizer_step(self, step: int, scheduler: Any, epoch: int, grad_norm: Any = None) -> dict[str, float]:
+        """:meth:`log` at an optimizer step, with its learning rate, the epoch and the
+        gradient norm before clipping (when it was clipped)."""
+        return self.log(
+            step,
+            lr=scheduler.get_last_lr()[0],
+            epoch=epoch,
+            grad_norm=float(grad_norm) if grad_norm is not None else None,
+        )
+
     def emit(self, step: int, values: dict[str, float]) -> None:
         """Send final numbers as they are."""
         emit(self.on_step, self.stage, step, values)

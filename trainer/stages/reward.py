@@ -466,12 +466,7 @@ def _train(
             if accelerator.sync_gradients:
                 scheduler.step()
                 step += 1
-                log.log(
-                    step,
-                    lr=scheduler.get_last_lr()[0],
-                    epoch=epoch + 1,
-                    grad_norm=float(grad_norm) if grad_norm is not None else None,
-                )
+                log.log_optimizer_step(step, scheduler, epoch + 1, grad_norm)
         epochs_run = epoch + 1
         if not val_usable:
             continue

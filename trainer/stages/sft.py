@@ -176,12 +176,7 @@ def train_sft(
             if accelerator.sync_gradients:
                 scheduler.step()
                 step += 1
-                log.log(
-                    step,
-                    lr=scheduler.get_last_lr()[0],
-                    epoch=epoch + 1,
-                    grad_norm=float(grad_norm) if grad_norm is not None else None,
-                )
+                log.log_optimizer_step(step, scheduler, epoch + 1, grad_norm)
         if epoch_states is not None:
             epoch_states.append(cpu_state_dict(accelerator.unwrap_model(model)))
     elapsed = time.perf_counter() - start
