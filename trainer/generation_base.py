@@ -88,6 +88,18 @@ class GenResult:
     params: dict[str, Any]
     batch_row: int = 0
 
+    def sample_columns(self) -> dict[str, Any]:
+        """The columns a stored sample keeps of this result (completions and evaluation
+        samples alike): text, seed, params, token count, finish reason, generation time."""
+        return {
+            "text": self.text,
+            "seed": int(self.seed),
+            "params": dict(self.params),
+            "token_count": int(self.token_count),
+            "finish_reason": self.finish_reason,
+            "gen_time_s": float(self.gen_time_s),
+        }
+
 
 @dataclass(frozen=True)
 class Draw:
