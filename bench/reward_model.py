@@ -75,7 +75,7 @@ def run_variant(v0: Path, name: str, train, val, test, seed: int) -> dict[str, A
 
     from trainer.config import RMConfig
     from trainer.stages.reward import RewardModel, evaluate_rankings, train_reward_model
-    from trainer.stages.common import get_accelerator
+    from trainer.stages.accel import get_accelerator
 
     config = dataclasses.replace(RMConfig(seed=seed), **VARIANTS[name])
     tokenizer = AutoTokenizer.from_pretrained(str(v0))

@@ -187,7 +187,7 @@ def best_of(repeats: int, fn):
 
 def bench_sft(model_dir: Path, size: Size, tmp: Path) -> list[Row]:
     import torch
-    from trainer.stages.common import make_accelerator
+    from trainer.stages.accel import make_accelerator
 
     from trainer.stages.sft import SFTConfig, encode_sft_example, train_sft
 
@@ -259,7 +259,7 @@ def bench_sft(model_dir: Path, size: Size, tmp: Path) -> list[Row]:
 
 def bench_rm(model_dir: Path, size: Size, tmp: Path) -> list[Row]:
     import torch
-    from trainer.stages.common import make_accelerator
+    from trainer.stages.accel import make_accelerator
 
     from trainer.stages.reward import RewardModel, RMConfig, pairs_from_ranking, train_reward_model
 
@@ -357,7 +357,7 @@ def ppo_prompts(size: Size) -> list[str]:
 
 def bench_ppo_ours(model_dir: Path, size: Size) -> Row:
     import torch
-    from trainer.stages.common import make_accelerator
+    from trainer.stages.accel import make_accelerator
 
     from trainer.stages.ppo import PPOConfig, train_ppo
     from trainer.stages.reward import RewardModel, reward_fn_from_model

@@ -143,3 +143,28 @@ def login(client: TestClient, username: str, password: str = PASSWORD) -> str:
     m = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
     assert m, "page has no CSRF meta tag"
     return m.group(1)
+
+
+# ------------------------------------------------------------------ training rounds
+# Shared by the tests that run rounds (helpers in tests/round_helpers.py).
+
+
+@pytest.fixture
+def single_torch_thread() -> Iterator[None]:
+    """One intra-op thread: the tiny model gains nothing from more, and on a busy 2-core
+    machine a 2-thread barrier makes every op wait (see docs/training.md). A module that
+    trains opts in: ``pytestmark = pytest.mark.usefixtures("single_torch_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama checkpoint (the base policy v0 is copied from it)."""
+    from trainer.tiny import build_tiny_policy
+
+    return build_tiny_policy(tmp_path_factory.mktemp("tiny-base") / "tiny")

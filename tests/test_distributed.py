@@ -14,23 +14,16 @@ from pathlib import Path
 import pytest
 
 from app.models import Policy, RewardModel
-from tests.test_round import (
-    TINY_CONFIG,
-    bootstrap_v0,
-    create_run,
-    fast_settings,
-    labeled_set,
-    logs_of,
-    run_state,
-    single_torch_thread,  # noqa: F401 - autouse fixture
-    tiny_base,  # noqa: F401 - fixture
-)
+from tests.round_helpers import TINY_CONFIG, bootstrap_v0, create_run, fast_settings, labeled_set, logs_of, run_state
 from trainer import artifacts
 from trainer.launch import launch_command
 from trainer.worker import TrainerWorker
 
-pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None and not Path(
-    __import__("sys").executable).with_name("accelerate").exists(), reason="accelerate's launcher is not installed")
+pytestmark = [
+    pytest.mark.usefixtures("single_torch_thread"),
+    pytest.mark.skipif(shutil.which("accelerate") is None and not Path(
+        __import__("sys").executable).with_name("accelerate").exists(), reason="accelerate's launcher is not installed"),
+]
 
 ACCELERATE = str(Path(__import__("sys").executable).with_name("accelerate"))
 DDP_YAML = Path(__file__).resolve().parents[1] / "launchers" / "ddp.yaml"
@@ -70,7 +63,7 @@ def test_launch_command_runs_the_round_module() -> None:
         "host:1:ab", "--attempt", "2"]
 
 
-def test_a_two_process_round_from_the_queue_registers_one_policy(launched_env, database, tiny_base) -> None:  # noqa: F811
+def test_a_two_process_round_from_the_queue_registers_one_policy(launched_env, database, tiny_base) -> None:
     import torch
 
     s = launched_env
@@ -104,7 +97,7 @@ def test_a_two_process_round_from_the_queue_registers_one_policy(launched_env, d
 
 
 
-def test_distributed_sft_matches_one_process_within_tolerance(launched_env, database, tiny_base) -> None:  # noqa: F811
+def test_distributed_sft_matches_one_process_within_tolerance(launched_env, database, tiny_base) -> None:
     """SFT from the same seed and data, 2 ranks (each half of every batch, gradients
     averaged) against 1 process. The maths differs only in how the token-mean loss is
     weighted: each rank averages over its own tokens, so the update matches to within the
@@ -134,7 +127,7 @@ def test_distributed_sft_matches_one_process_within_tolerance(launched_env, data
     assert num / den < RELATIVE_TOLERANCE, f"relative difference of the updates {num / den:.3f}"
 
 
-def test_a_rank_killed_mid_ppo_requeues_the_run(launched_env, database, tiny_base, monkeypatch) -> None:  # noqa: F811
+def test_a_rank_killed_mid_ppo_requeues_the_run(launched_env, database, tiny_base, monkeypatch) -> None:
     s = launched_env
     v0 = bootstrap_v0(s, database, tiny_base)
     set_id = labeled_set(database, v0.id)

@@ -27,8 +27,10 @@ from app.db import Database
 from app.main import create_app
 from app.models import Completion, Ranking, TrainingRun, User
 from app.simulation.loop import Simulation, SimulationConfig, write_csv, write_plot
-from tests.test_round import TINY_CONFIG, bootstrap_v0, fast_settings, single_torch_thread, tiny_base  # noqa: F401
+from tests.round_helpers import TINY_CONFIG, bootstrap_v0, fast_settings
 from trainer.worker import TrainerWorker
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 TRAIN_PROMPTS = [
     "What causes the seasons on Earth?",
@@ -72,7 +74,7 @@ def server(loop_settings: Settings, database: Database) -> Iterator[str]:
 
 
 @pytest.fixture
-def worker(loop_settings: Settings, database: Database, tiny_base: Path) -> Iterator[TrainerWorker]:  # noqa: F811
+def worker(loop_settings: Settings, database: Database, tiny_base: Path) -> Iterator[TrainerWorker]:
     bootstrap_v0(loop_settings, database, tiny_base)
     w = TrainerWorker(loop_settings, database)
     thread = threading.Thread(target=w.run_forever, name="worker", daemon=True)

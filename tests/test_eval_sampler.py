@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from app.models import Completion, EvaluationSample
 from app.services import evaluations
 from tests.factories import make_prompt_set, make_prompts
-from tests.test_round import (  # noqa: F401 (fixtures)
-    bootstrap_v0,
-    fast_settings,
-    single_torch_thread,
-    tiny_base,
-)
+from tests.round_helpers import bootstrap_v0, fast_settings
 from tests.test_sampler import SAMPLING, register_tiny
 from trainer.sampler import Sampler
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def test_sampler_writes_the_samples_an_evaluation_waits_for(settings, database, tiny_base) -> None:  # type: ignore[no-untyped-def]

@@ -9,14 +9,17 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from app.models import AuditLog, Completion, Policy, Task
 from app.models.base import utcnow
 from app.services import policies
 from tests.factories import make_completions, make_policy, make_prompt_set, make_prompts
-from tests.test_round import make_labeler, single_torch_thread, tiny_base  # noqa: F401 (fixtures)
+from tests.round_helpers import make_labeler
 from trainer.policy_io import validate_policy_dir
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 

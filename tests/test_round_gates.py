@@ -13,7 +13,7 @@ import torch
 from app.models import Policy, PromptSet
 from app.services import training
 from tests.factories import make_prompt_set, make_prompts
-from tests.test_round import (
+from tests.round_helpers import (
     GOOD,
     OPEN_GATES,
     TINY_CONFIG,
@@ -25,13 +25,13 @@ from tests.test_round import (
     logs_of,
     make_labeler,
     run_state,
-    single_torch_thread,  # noqa: F401 - autouse fixture
-    tiny_base,  # noqa: F401 - session fixture
 )
 from trainer import config as round_config
 from trainer import gates
 from trainer.config import RMConfig, param
 from trainer.worker import TrainerWorker
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 #: The gates as a user gets them (not opened), with sizes for the tiny model.
 GATED = {k: v for k, v in TINY_CONFIG.items() if k not in OPEN_GATES}

@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from app.db import Database
@@ -14,17 +15,13 @@ from app.models import Completion, Policy, Task
 from app.models.base import utcnow
 from app.services import policies
 from tests.factories import make_prompt_set, make_prompts
-from tests.test_round import (  # noqa: F401 (fixtures)
-    bootstrap_v0,
-    fast_settings,
-    make_labeler,
-    single_torch_thread,
-    tiny_base,
-)
+from tests.round_helpers import bootstrap_v0, fast_settings, make_labeler
 from trainer import artifacts
 from trainer.sampler import Sampler
 from trainer.tiny import build_tiny_policy
 from trainer.worker import TrainerWorker
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8}
 

@@ -7,19 +7,11 @@ import json
 import pytest
 
 from app.config import Settings
-from tests.test_round import (
-    TINY_CONFIG,
-    bootstrap_v0,
-    create_run,
-    fast_settings,
-    labeled_set,
-    logs_of,
-    run_state,
-    single_torch_thread,  # noqa: F401 - autouse fixture
-    tiny_base,  # noqa: F401 - fixture
-)
+from tests.round_helpers import TINY_CONFIG, bootstrap_v0, create_run, fast_settings, labeled_set, logs_of, run_state
 from trainer.config import ConfigError, validate_round_config
 from trainer.worker import TrainerWorker
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 pytest.importorskip("tensorboard", reason="tensorboard is in the dev extra")
 pytest.importorskip("mlflow", reason="mlflow(-skinny) is in the dev extra")
@@ -55,7 +47,7 @@ def test_worker_default_report_to() -> None:
         Settings(report_to="tensorboard,neptune").trackers  # noqa: B018
 
 
-def test_a_round_reports_to_tensorboard_and_mlflow(settings, database, tiny_base) -> None:  # noqa: F811
+def test_a_round_reports_to_tensorboard_and_mlflow(settings, database, tiny_base) -> None:
     # the worker default (the round's config overrides it); a generous heartbeat timeout: MLflow's first
     # start (its SQLite schema) can hold the GIL for seconds on a loaded machine
     s = fast_settings(settings, report_to="tensorboard", heartbeat_timeout_s=60.0)
@@ -99,7 +91,7 @@ def test_a_round_reports_to_tensorboard_and_mlflow(settings, database, tiny_base
     assert len(table["data"]) == run.metrics["eval"]["eval_samples"]
 
 
-def test_a_missing_tracker_is_a_warning_not_a_failure(settings, database, tiny_base, monkeypatch) -> None:  # noqa: F811
+def test_a_missing_tracker_is_a_warning_not_a_failure(settings, database, tiny_base, monkeypatch) -> None:
     import accelerate.utils
 
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)

@@ -18,18 +18,10 @@ from app.models import Policy, TrainingRun, Worker
 from app.models.base import utcnow
 from app.services import training, workers
 from tests.factories import make_prompt_set
-from tests.test_round import (  # noqa: F401 (tiny_base is a fixture)
-    TINY_CONFIG,
-    bootstrap_v0,
-    create_run,
-    fast_settings,
-    labeled_set,
-    logs_of,
-    run_state,
-    single_torch_thread,
-    tiny_base,
-)
+from tests.round_helpers import TINY_CONFIG, bootstrap_v0, create_run, fast_settings, labeled_set, logs_of, run_state
 from trainer.worker import TrainerWorker
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,20 +29,13 @@ from sqlalchemy import select
 
 from app.models import Policy, RewardModel
 from app.services import workers
-from tests.test_round import (  # noqa: F401 (tiny_base and single_torch_thread are fixtures)
-    bootstrap_v0,
-    create_run,
-    fast_settings,
-    labeled_set,
-    logs_of,
-    run_state,
-    single_torch_thread,
-    tiny_base,
-)
+from tests.round_helpers import bootstrap_v0, create_run, fast_settings, labeled_set, logs_of, run_state
 from tests.test_worker import _worker_env
 from trainer import artifacts
 from trainer.policy_io import validate_policy_dir
 from trainer.worker import TrainerWorker
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,6 +31,7 @@ from app.models import (
     Prompt,
     PromptSet,
     Ranking,
+    SubmissionStatus,
     TrainingRun,
 )
 
@@ -44,28 +45,31 @@ def _hash_ids(ids: dict[str, list[int]]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _in_sets(prompt_set_ids: list[int]) -> tuple[Any, ...]:
+    """The snapshot's prompts: the sets' prompts, gold ones left out."""
+    return Prompt.prompt_set_id.in_(prompt_set_ids), Prompt.is_gold.is_(False)
+
+
+def _active_ids(db: Session, model: Any, prompt_set_ids: list[int], cutoff: datetime) -> list[int]:
+    """Ids of the active labels (``Ranking`` or ``Demonstration``) on the snapshot's
+    prompts, created by ``cutoff``."""
+    return list(
+        db.scalars(
+            select(model.id)
+            .join(Prompt, Prompt.id == model.prompt_id)
+            .where(*_in_sets(prompt_set_ids), model.status == SubmissionStatus.ACTIVE, model.created_at <= cutoff)
+            .order_by(model.id)
+        )
+    )
+
+
 def take_snapshot(db: Session, prompt_set_ids: list[int], cutoff: datetime) -> dict[str, Any]:
     """The snapshot dict for ``TrainingRun.snapshot`` (ids, counts, sha256)."""
-    in_sets = (Prompt.prompt_set_id.in_(prompt_set_ids), Prompt.is_gold.is_(False))
-    rankings = list(
-        db.scalars(
-            select(Ranking.id)
-            .join(Prompt, Prompt.id == Ranking.prompt_id)
-            .where(*in_sets, Ranking.status == "active", Ranking.created_at <= cutoff)
-            .order_by(Ranking.id)
-        )
-    )
-    demonstrations = list(
-        db.scalars(
-            select(Demonstration.id)
-            .join(Prompt, Prompt.id == Demonstration.prompt_id)
-            .where(*in_sets, Demonstration.status == "active", Demonstration.created_at <= cutoff)
-            .order_by(Demonstration.id)
-        )
-    )
+    rankings = _active_ids(db, Ranking, prompt_set_ids, cutoff)
+    demonstrations = _active_ids(db, Demonstration, prompt_set_ids, cutoff)
     prompts: dict[str, list[int]] = {"train": [], "validation": []}
     for prompt_id, split in db.execute(
-        select(Prompt.id, Prompt.split).where(*in_sets, Prompt.created_at <= cutoff).order_by(Prompt.id)
+        select(Prompt.id, Prompt.split).where(*_in_sets(prompt_set_ids), Prompt.created_at <= cutoff).order_by(Prompt.id)
     ):
         prompts.setdefault(split, []).append(prompt_id)
     ids = {

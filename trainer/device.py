@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 
@@ -17,6 +19,16 @@ def pick_dtype(device: torch.device | str) -> torch.dtype:
     if torch.device(device).type == "cuda":
         return torch.bfloat16
     return torch.float32
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached CUDA memory back (after a model is let go)."""
+    gc.collect()
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def set_torch_threads(threads: int | None) -> None:

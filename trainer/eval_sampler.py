@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from app.config import Settings
@@ -26,27 +25,17 @@ from app.db import Database
 from app.models import DEFAULT_SAMPLING, Policy, Prompt, PromptSet
 from app.services import evaluations
 from trainer import artifacts
+from trainer.generator_source import GeneratorSource, close_generator
 
 logger = logging.getLogger(__name__)
 
 
-class EvaluationSampler:
+class EvaluationSampler(GeneratorSource):
     """Writes the samples that evaluations in status ``sampling`` are missing."""
 
-    def __init__(
-        self,
-        database: Database,
-        settings: Settings,
-        *,
-        device: Any = None,
-        prefer_vllm: bool = True,
-        generator_factory: Callable[..., Any] | None = None,
-    ) -> None:
-        self.database = database
-        self.settings = settings
-        self.device = device
-        self.prefer_vllm = prefer_vllm
-        self._factory = generator_factory
+    def __init__(self, database: Database, settings: Settings, **options: Any) -> None:
+        """``options``: ``device``, ``prefer_vllm``, ``generator_factory`` (:class:`GeneratorSource`)."""
+        super().__init__(database, settings, **options)
         self._loaded: tuple[int, Any] | None = None  # (policy id, generator) loaded here
         self._retry_at: dict[int, float] = {}
 
@@ -55,24 +44,14 @@ class EvaluationSampler:
             return self._loaded[1]
         self.release()
         path = artifacts.resolve(self.settings.resolved_artifacts_dir, rel_path)
-        if self._factory is not None:
-            generator = self._factory(path, device=self.device, prefer_vllm=self.prefer_vllm)
-        else:
-            from trainer.generation import make_generator
-
-            generator = make_generator(path, device=self.device, prefer_vllm=self.prefer_vllm, seed=seed)
+        generator = self._make_generator(path, seed=seed)
         self._loaded = (policy_id, generator)
         return generator
 
     def release(self) -> None:
         if self._loaded is None:
             return
-        close = getattr(self._loaded[1], "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:  # noqa: BLE001
-                logger.exception("evaluation sampler: closing a generator failed")
+        close_generator(self._loaded[1], "evaluation sampler")
         self._loaded = None
 
     def _plan(self, deployed_id: int | None) -> tuple[Any, ...] | None:
@@ -160,17 +139,7 @@ class EvaluationSampler:
             if not gaps:
                 continue
             rows.append(
-                {
-                    "prompt_id": int(r.key),
-                    "policy_id": policy_id,
-                    "sample_index": gaps.pop(0),
-                    "text": r.text,
-                    "seed": int(r.seed),
-                    "params": dict(r.params),
-                    "token_count": int(r.token_count),
-                    "finish_reason": r.finish_reason,
-                    "gen_time_s": float(r.gen_time_s),
-                }
+                {"prompt_id": int(r.key), "policy_id": policy_id, "sample_index": gaps.pop(0), **r.sample_columns()}
             )
         with self.database.session() as db:
             written = evaluations.add_samples(db, rows)

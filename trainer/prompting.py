@@ -11,6 +11,9 @@ and judged by exactly what labelers were shown:
   a chat template already carries its BOS);
 * :func:`prompt_token_limit` and :func:`encode_prompt` keep the last tokens of a prompt
   that would not leave room for the response;
+* :func:`encode_prompt_response` joins a rendered prompt and a response (EOS appended) for
+  the training stages, cutting the prompt from the left when the pair is too long;
+* :func:`pad_token_id` is the pad id (EOS for tokenizers without a pad token);
 * :func:`eos_token_ids` is the stop set: the tokenizer's EOS and every EOS of the
   checkpoint's generation config (SmolLM2 ends chat turns with ``<|im_end|>``).
 
@@ -123,3 +126,32 @@ def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
     if not ids:
         raise ValueError("the policy defines no EOS token; cannot tell when to stop")
     return sorted(set(ids))
+
+
+def encode_prompt_response(
+    tokenizer: Any, prompt: str, response: str, max_length: int, add_eos: bool = True
+) -> tuple[list[int], int]:
+    """Tokenise ``prompt`` (already rendered) and ``response`` separately and join them.
+
+    Returns ``(ids, n_prompt)``. EOS is appended to the response. When the pair is longer
+    than ``max_length`` the prompt is cut from the left (keeping at least half the budget
+    for the response), then the response from the right (its EOS is then lost, which is
+    the truth: the model did not see the end).
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token")
+    p_ids = encode_rendered(tokenizer, prompt)
+    r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if add_eos:
+        r_ids = r_ids + [tokenizer.eos_token_id]
+    overflow = len(p_ids) + len(r_ids) - max_length
+    if overflow > 0:
+        cut = min(overflow, max(0, len(p_ids) - max(1, max_length // 2)))
+        p_ids = p_ids[cut:]
+        r_ids = r_ids[: max_length - len(p_ids)]
+    return p_ids + r_ids, len(p_ids)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The pad id, falling back to EOS for tokenizers without a pad token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

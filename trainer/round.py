@@ -295,7 +295,7 @@ class _Round:
 
         from trainer.device import pick_device
         from trainer.policy_io import load_policy
-        from trainer.stages.common import make_accelerator
+        from trainer.stages.accel import make_accelerator
 
         self.device = pick_device()
         self.accelerator = make_accelerator(self.device.type)
@@ -367,7 +367,8 @@ class _Round:
     def _select_sft_epoch(self, model: Any, rm: Any, epoch_states: _EpochCheckpoints, job: _Job) -> Any:
         """Keep the SFT epoch whose validation samples the RM scores best (InstructGPT)."""
         from trainer.stages import reward_fn_from_model
-        from trainer.stages.common import prompt_text, sample_responses
+        from trainer.prompting import prompt_text
+        from trainer.stages.sampling import sample_responses
 
         if rm is None or len(epoch_states) < 2:
             return model
@@ -530,7 +531,8 @@ class _Round:
         return gate.passed
 
     def _policy_samples(self, model: Any, prompts: list[Any], job: _Job) -> list[Any]:
-        from trainer.stages.common import prompt_text, sample_responses
+        from trainer.prompting import prompt_text
+        from trainer.stages.sampling import sample_responses
 
         chosen = _pick(prompts, job.cfg.rm.normalize_examples, job.cfg.seed)
         out = []

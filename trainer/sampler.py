@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +35,9 @@ from app.db import Database
 from app.models import DEFAULT_SAMPLING, Policy
 from app.services import policies
 from trainer import artifacts
+from trainer.generator_source import GeneratorSource, close_generator
 
 logger = logging.getLogger(__name__)
-
-GeneratorFactory = Callable[..., Any]
 
 
 @dataclass
@@ -71,23 +69,12 @@ class BatchReport:
         )
 
 
-class Sampler:
+class Sampler(GeneratorSource):
     """Samples K completions per prompt from the deployed policy into the database."""
 
-    def __init__(
-        self,
-        database: Database,
-        settings: Settings,
-        *,
-        device: Any = None,
-        prefer_vllm: bool = True,
-        generator_factory: GeneratorFactory | None = None,
-    ) -> None:
-        self.database = database
-        self.settings = settings
-        self.device = device
-        self.prefer_vllm = prefer_vllm
-        self._factory = generator_factory
+    def __init__(self, database: Database, settings: Settings, **options: Any) -> None:
+        """``options``: ``device``, ``prefer_vllm``, ``generator_factory`` (:class:`GeneratorSource`)."""
+        super().__init__(database, settings, **options)
         self.loaded: LoadedPolicy | None = None
         self._waiting_on: int | None = None  # policy id we already said we cannot serve
         self._retry_at: dict[int, float] = {}
@@ -101,33 +88,14 @@ class Sampler:
 
     # -- policy switching -------------------------------------------------------------
 
-    def _make_generator(self, path: Any) -> Any:
-        if self._factory is not None:
-            return self._factory(path, device=self.device, prefer_vllm=self.prefer_vllm)
-        from trainer.generation import make_generator
-
-        return make_generator(path, device=self.device, prefer_vllm=self.prefer_vllm)
-
     def _release(self) -> None:
         if self.loaded is None:
             return
-        close = getattr(self.loaded.generator, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:  # noqa: BLE001
-                logger.exception("sampler: closing the generator of v%d failed", self.loaded.version)
+        close_generator(self.loaded.generator, f"sampler (v{self.loaded.version})")
         self.loaded = None
-        import gc
+        from trainer.device import free_memory
 
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001
-            pass
+        free_memory()
 
     def ensure_policy(self) -> bool:
         """Load the deployed policy if it is not the one loaded; True when one is ready to serve."""
@@ -260,18 +228,7 @@ class Sampler:
         started = time.perf_counter()
         results = self._generate(requests)
         seconds = time.perf_counter() - started
-        rows = [
-            {
-                "prompt_id": int(r.key),
-                "text": r.text,
-                "seed": int(r.seed),
-                "params": dict(r.params),
-                "token_count": int(r.token_count),
-                "finish_reason": r.finish_reason,
-                "gen_time_s": float(r.gen_time_s),
-            }
-            for r in results
-        ]
+        rows = [{"prompt_id": int(r.key), **r.sample_columns()} for r in results]
         with self.database.session() as db:
             if self.database.is_sqlite:  # the recheck and the inserts as one atomic step
                 db.execute(text("BEGIN IMMEDIATE"))

@@ -1,9 +1,11 @@
 """vLLM sampling backend, used on CUDA machines where ``vllm`` is installed.
 
-It has the interface of :class:`trainer.generation.TransformersGenerator`: prompts are
-tokenized the same way (chat template, no doubled BOS) and sent to vLLM as token ids; each
-request is one vLLM prompt with ``SamplingParams(n=k, seed=...)``, so ``GenResult.seed``
-is that request's seed and ``batch_row`` the sample's index among its ``n``.
+It has the interface of :class:`trainer.generation.TransformersGenerator`; both build on
+:class:`trainer.generation_base.BaseGenerator`, and neither backend imports the other.
+Prompts are tokenized the same way (chat template, no doubled BOS) and sent to vLLM as
+token ids; each request is one vLLM prompt with ``SamplingParams(n=k, seed=...)``, so
+``GenResult.seed`` is that request's seed and ``batch_row`` the sample's index among its
+``n``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.generation import BaseGenerator, Draw, DrawJob, SamplingParams
+from trainer.generation_base import BaseGenerator, Draw, DrawJob, SamplingParams
 from trainer.prompting import eos_token_ids
 
 logger = logging.getLogger(__name__)

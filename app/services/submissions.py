@@ -272,6 +272,26 @@ def skip_task(db: Session, task_id: int, user: User, *, reason: str | None = Non
 # --- undo ---------------------------------------------------------------------------
 
 
+def check_undoable(db: Session, task: Task, user: User, window_minutes: float, now: datetime) -> None:
+    """Raise :class:`Conflict` unless ``task`` is submitted, is ``user``'s last submission,
+    and its undo window is still open (the rule for every kind of task)."""
+    if task.status != TaskStatus.SUBMITTED or task.submitted_at is None:
+        raise Conflict(f"task {task.id} has no submission to undo (it is {task.status})")
+    last = db.scalar(
+        select(Task.id)
+        .where(Task.labeler_id == user.id, Task.status == TaskStatus.SUBMITTED)
+        .order_by(Task.submitted_at.desc(), Task.id.desc())
+        .limit(1)
+    )
+    if last != task.id:
+        raise Conflict(f"only your last submission can be undone; task {last} came after task {task.id}")
+    deadline = undo_deadline(task.submitted_at, window_minutes)
+    if now > deadline:
+        raise Conflict(
+            f"the undo window of {window_minutes:g} minutes for task {task.id} closed at {deadline:%H:%M:%S} UTC"
+        )
+
+
 def undo_submission(
     db: Session,
     task_id: int,
@@ -291,21 +311,7 @@ def undo_submission(
     task = own_task(db, task_id, user, lock=True)
     if task.status == TaskStatus.REQUEUED:
         raise Conflict(f"task {task.id} was sent back by an admin; it cannot be undone")
-    if task.status != TaskStatus.SUBMITTED or task.submitted_at is None:
-        raise Conflict(f"task {task.id} has no submission to undo (it is {task.status})")
-    last = db.scalar(
-        select(Task.id)
-        .where(Task.labeler_id == user.id, Task.status == TaskStatus.SUBMITTED)
-        .order_by(Task.submitted_at.desc(), Task.id.desc())
-        .limit(1)
-    )
-    if last != task.id:
-        raise Conflict(f"only your last submission can be undone; task {last} came after task {task.id}")
-    deadline = undo_deadline(task.submitted_at, window_minutes)
-    if now > deadline:
-        raise Conflict(
-            f"the undo window of {window_minutes:g} minutes for task {task.id} closed at {deadline:%H:%M:%S} UTC"
-        )
+    check_undoable(db, task, user, window_minutes, now)
     previous: dict[str, Any]
     if task.kind == "rank":
         row = db.scalar(select(Ranking).where(Ranking.task_id == task.id))

@@ -4,11 +4,26 @@ No database code lives here: each stage takes models, a tokenizer, examples and 
 reports metrics through ``on_step(stage, step, metrics)``, stops when ``should_stop()``
 says so (raising :class:`Cancelled`), and returns a dict of float metrics. The worker
 wires them into jobs. See docs/training.md.
+
+The toolbox they share, a drawer per concern:
+
+* ``callbacks``: the step callback, cancellation;
+* ``metrics``: the one metrics path every stage feeds (``StageMetrics``);
+* ``optim``: the optimizer factory, the LR schedule, the optimizer step;
+* ``accel``: Accelerate, seeding, dropout, gradient checkpointing, shards;
+* ``tensors``: padding, masks, masked statistics, log-probabilities;
+* ``sampling``: rollouts and their log-probabilities;
+* ``checkpoint``: weight snapshots, atomic directories.
+
+Prompts are rendered and tokenised in trainer/prompting.py. ``common`` only re-exports
+these names for older imports.
 """
 
-from .common import Cancelled, StepCallback, build_chat_prompt, check_cancel, set_dropout_off
 from trainer.config import DPOConfig, EvalConfig, PPOConfig, RMConfig, SFTConfig
+from trainer.prompting import render_prompt as build_chat_prompt
 
+from .accel import set_dropout_off
+from .callbacks import Cancelled, StepCallback, check_cancel
 from .dpo import train_dpo
 from .evaluate import EvalParams, evaluate_policies
 from .ppo import train_ppo

@@ -26,22 +26,13 @@ from torch.utils.data import DataLoader
 
 from trainer.config import DPOConfig, epochs_for
 
-from .common import (
-    StepCallback,
-    backward_and_step,
-    check_cancel,
-    emit,
-    encode_prompt_response,
-    get_accelerator,
-    make_adamw,
-    pad_right,
-    pad_token_id,
-    prepare_supervised,
-    prompt_text,
-    seed_everything,
-    set_dropout_off,
-    token_logprobs,
-)
+from trainer.prompting import encode_prompt_response, pad_token_id, prompt_text
+
+from .accel import get_accelerator, seed_everything, set_dropout_off
+from .callbacks import StepCallback, check_cancel
+from .metrics import StageMetrics
+from .optim import backward_and_step, configure_optimizer, prepare_supervised, trainable
+from .tensors import pad_right, token_logprobs
 from .reward import RankingExample, pairs_from_ranking
 
 logger = logging.getLogger(__name__)
@@ -162,22 +153,25 @@ def train_dpo(
         generator=torch.Generator().manual_seed(config.seed),
     )
     epochs = epochs_for(len(encoded), config.rankings_per_batch, 1, config.epochs, config.min_steps, config.max_epochs)
-    optimizer = make_adamw([p for p in policy.parameters() if p.requires_grad], lr=config.lr, betas=(0.9, 0.95))
+    # weight_decay 0.01 is torch's AdamW default, which DPO has always trained with
+    optimizer = configure_optimizer(trainable(policy), lr=config.lr, weight_decay=0.01)
     model, optimizer, loader, scheduler = prepare_supervised(
         accelerator, policy, optimizer, loader, grad_accum=1, epochs=epochs,
         warmup_ratio=config.warmup_ratio, schedule="cosine",
     )
+    log = StageMetrics("dpo", on_step, accelerator)
     metrics: dict[str, float] = {"epochs": float(epochs)}
     val_usable = [ex for ex in val if pairs_from_ranking(ex.ranking)]
     if val_usable:
         before = evaluate_preferences(model, ref_policy, tokenizer, val_usable, config, accelerator)
         metrics["val_accuracy_before"] = before["accuracy"]
-        emit(on_step, "dpo", 0, {"val_accuracy": before["accuracy"]})
+        log.emit(0, {"val_accuracy": before["accuracy"]})
     step = 0
     start = time.perf_counter()
+    totals = log.window()
     for epoch in range(epochs):
         model.train()
-        totals = torch.zeros(4, dtype=torch.float64)  # loss*n, n, correct, pairs
+        totals.clear()
         for ids, mask, response, groups in loader:
             check_cancel(should_stop)
             with torch.no_grad(), accelerator.autocast():
@@ -189,20 +183,21 @@ def train_dpo(
                 backward_and_step(accelerator, model, optimizer, loss, config.max_grad_norm)
             scheduler.step()
             step += 1
-            totals += torch.tensor([float(loss.detach()) * len(groups), len(groups), float(correct), float(n_pairs)],
-                                   dtype=torch.float64)
-            emit(on_step, "dpo", step, {
-                "loss": float(loss.detach()), "accuracy": float(correct / n_pairs.clamp(min=1)),
-                "margin": float(margin / n_pairs.clamp(min=1)), "lr": scheduler.get_last_lr()[0], "epoch": epoch + 1,
-            })
+            totals.add("loss", loss, len(groups))
+            totals.add_ratio("accuracy", correct, n_pairs)
+            log.add("loss", loss)
+            log.add_ratio("accuracy", correct, n_pairs)
+            log.add_ratio("margin", margin, n_pairs)
+            log.log_optimizer_step(step, scheduler, epoch + 1)
+    last_epoch = totals.means(accelerator)
     metrics.update(
-        train_loss=float(totals[0] / totals[1].clamp(min=1)), train_accuracy=float(totals[2] / totals[3].clamp(min=1)),
-        steps=float(step), seconds=time.perf_counter() - start,
+        train_loss=last_epoch["loss"], train_accuracy=last_epoch["accuracy"], steps=float(step),
+        seconds=time.perf_counter() - start,
     )
     if val_usable:
         after = evaluate_preferences(model, ref_policy, tokenizer, val_usable, config, accelerator)
         metrics.update(val_accuracy=after["accuracy"], val_margin=after["margin"], val_pairs=after["pairs"])
-        emit(on_step, "dpo", step, {"val_accuracy": after["accuracy"], "val_margin": after["margin"]})
+        log.emit(step, {"val_accuracy": after["accuracy"], "val_margin": after["margin"]})
     model.eval()
     logger.info("DPO done: %s", metrics)
     return metrics

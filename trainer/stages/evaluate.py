@@ -22,13 +22,10 @@ from torch import nn
 from app.models.prompts import DEFAULT_SAMPLING
 from trainer.config import EvalConfig, with_sampling
 
-from .common import (
-    PromptLike,
-    model_device,
-    prompt_text,
-    response_logprobs,
-    sample_responses,
-)
+from trainer.prompting import PromptLike, prompt_text
+
+from .accel import model_device
+from .sampling import response_logprobs, sample_responses
 
 logger = logging.getLogger(__name__)
 

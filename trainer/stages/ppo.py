@@ -35,29 +35,14 @@ from torch import nn
 from app.models.prompts import DEFAULT_SAMPLING
 from trainer.config import PPOConfig, derive_ppo_iterations, with_sampling
 
-from .common import (
-    PromptLike,
-    Samples,
-    StepCallback,
-    backward_and_step,
-    check_cancel,
-    emit,
-    entropy_from_logits,
-    get_accelerator,
-    make_adamw,
-    masked_mean,
-    masked_whiten,
-    maybe_gradient_checkpointing,
-    pad_token_id,
-    prompt_text,
-    response_logits,
-    response_logprobs,
-    sample_responses,
-    seed_everything,
-    set_dropout_off,
-    shard,
-    token_logprobs,
-)
+from trainer.prompting import PromptLike, pad_token_id, prompt_text
+
+from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
+from .callbacks import StepCallback, check_cancel
+from .metrics import StageMetrics
+from .optim import ParamGroups, backward_and_step, configure_optimizer, trainable
+from .sampling import Samples, response_logits, response_logprobs, sample_responses
+from .tensors import entropy_from_logits, masked_mean, masked_whiten, token_logprobs
 from .sft import SFTExample, collate_sft, completion_loss, encode_sft_example
 
 logger = logging.getLogger(__name__)
@@ -88,6 +73,13 @@ class PolicyAndValue(nn.Module):
         values = self.value_model.token_scores(input_ids, attention_mask)[:, prompt_len - 1 : -1]
         ptx_loss = completion_loss(self.policy, ptx_batch)[0] if ptx_batch is not None else None
         return logits, values, ptx_loss
+
+    def optimizer_groups(self, lr: float, value_lr: float | None) -> ParamGroups:
+        """The policy and the value model as two groups, each with its learning rate."""
+        return [
+            {"params": trainable(self.policy), "lr": lr},
+            {"params": trainable(self.value_model), "lr": value_lr or lr},
+        ]
 
 
 class AdaptiveKLController:
@@ -159,7 +151,7 @@ def train_ppo(
     ``value_model`` is a :class:`~trainer.stages.reward.RewardModel`-shaped module (a copy
     of the trained RM, InstructGPT-style) with ``token_scores(input_ids, attention_mask)``.
     ``ref_policy`` is a frozen copy of the starting (SFT) policy. ``prompts`` are any
-    :data:`~trainer.stages.common.PromptLike`; ``reward_fn`` receives the rendered prompt
+    :data:`~trainer.prompting.PromptLike`; ``reward_fn`` receives the rendered prompt
     texts and the decoded responses (special tokens skipped) and returns ``[B]`` scores.
 
     ``on_step("ppo", iteration, metrics)`` gets per iteration: ``score`` (mean reward_fn
@@ -191,11 +183,13 @@ def train_ppo(
     if not any(p.requires_grad for p in value_model.parameters()):
         logger.warning("the value model has no trainable parameter: its values stay those of the initial RM")
     wrapper = PolicyAndValue(policy, value_model)
-    groups = [
-        {"params": [p for p in policy.parameters() if p.requires_grad], "lr": config.lr},
-        {"params": [p for p in value_model.parameters() if p.requires_grad], "lr": config.value_lr or config.lr},
-    ]
-    optimizer = make_adamw(groups, lr=config.lr, weight_decay=config.weight_decay, eps=1e-5)
+    optimizer = configure_optimizer(
+        wrapper.optimizer_groups(config.lr, config.value_lr),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=(0.9, 0.999),
+        eps=1e-5,
+    )
     micro = config.micro_batch_size or config.minibatch_size
     n_micro = config.minibatch_size // micro
     accelerator.gradient_accumulation_steps = n_micro
@@ -218,6 +212,7 @@ def train_ppo(
     kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.horizon)
     temp = config.temperature
 
+    log = StageMetrics("ppo", on_step, accelerator)
     start = time.perf_counter()
     first_score: float | None = None
     logged: dict[str, float] = {}
@@ -278,11 +273,6 @@ def train_ppo(
 
         # ---- 5. PPO epochs over minibatches
         model.train()
-        stats: dict[str, list[float]] = {
-            k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy")
-        }
-        if ptx_batches is not None:
-            stats["ptx_loss"] = []
         for _epoch in range(config.ppo_epochs):
             perm = torch.randperm(len(idx), device=accelerator.device)
             for mb_start in range(0, len(idx), config.minibatch_size):
@@ -317,35 +307,28 @@ def train_ppo(
                             loss = loss + config.ptx_coef * ptx_loss
                         backward_and_step(accelerator, model, optimizer, loss, config.max_grad_norm)
                     with torch.no_grad():
-                        stats["policy_loss"].append(float(pg_loss))
-                        stats["value_loss"].append(float(vf_loss))
-                        stats["clipfrac"].append(float(masked_mean((pg2 > pg1).float(), m)))
-                        stats["value_clipfrac"].append(float(masked_mean((vf2 > vf1).float(), m)))
-                        stats["approx_kl"].append(float(0.5 * masked_mean(log_ratio**2, m)))
-                        stats["entropy"].append(float(masked_mean(entropy_from_logits(logits), m)))
+                        log.add("policy_loss", pg_loss)
+                        log.add("value_loss", vf_loss)
+                        log.add("clipfrac", masked_mean((pg2 > pg1).float(), m))
+                        log.add("value_clipfrac", masked_mean((vf2 > vf1).float(), m))
+                        log.add("approx_kl", 0.5 * masked_mean(log_ratio**2, m))
+                        log.add("entropy", masked_mean(entropy_from_logits(logits), m))
                         if ptx_loss is not None:
-                            stats["ptx_loss"].append(float(ptx_loss))
+                            log.add("ptx_loss", ptx_loss)
                     del logits, vpred, loss
         model.eval()
 
-        # ---- 6. metrics and the KL controller
+        # ---- 6. metrics (this iteration's means over all processes) and the KL controller
         with torch.no_grad():
-            local = {
-                "score": raw_scores.mean(),
-                "reward": scores.mean(),
-                "kl": kl.sum(1).mean(),
-                "non_score_reward": non_score.sum(1).mean(),
-                "response_length": mask.sum(1).mean(),
-                "eos_fraction": samples.has_eos.float().mean(),
-                "return_mean": masked_mean(returns, mask),
-                "value_mean": masked_mean(values, mask),
-            }
-            for k, v in stats.items():
-                local[k] = torch.tensor(sum(v) / max(1, len(v)))
-            keys = sorted(local)
-            vec = torch.stack([local[k].float().to(accelerator.device) for k in keys])
-            vec = accelerator.reduce(vec, reduction="mean")
-            logged = {k: float(v) for k, v in zip(keys, vec)}
+            log.add("score", raw_scores.mean())
+            log.add("reward", scores.mean())
+            log.add("kl", kl.sum(1).mean())
+            log.add("non_score_reward", non_score.sum(1).mean())
+            log.add("response_length", mask.sum(1).mean())
+            log.add("eos_fraction", samples.has_eos.float().mean())
+            log.add("return_mean", masked_mean(returns, mask))
+            log.add("value_mean", masked_mean(values, mask))
+            logged = log.collect()
         elapsed = time.perf_counter() - start
         logged["kl_coef"] = kl_coef
         logged["episodes_per_s"] = it * world_batch / max(elapsed, 1e-9)
@@ -355,7 +338,7 @@ def train_ppo(
             kl_ctl.update(logged["kl"], world_batch)
         if not math.isfinite(logged["kl"]):
             logger.warning("PPO iteration %d: non-finite KL %s", it, logged["kl"])
-        emit(on_step, "ppo", it, logged)
+        log.emit(it, logged)
 
     elapsed = time.perf_counter() - start
     result = dict(logged)

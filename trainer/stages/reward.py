@@ -47,28 +47,14 @@ from app.services.rankings import (
 )
 from trainer.config import RMConfig, epochs_for
 
-from .common import (
-    Message,
-    PromptLike,
-    StepCallback,
-    atomic_dir,
-    backward_and_step,
-    check_cancel,
-    emit,
-    encode_prompt_response,
-    get_accelerator,
-    make_adamw,
-    maybe_gradient_checkpointing,
-    model_device,
-    pad_right,
-    pad_token_id,
-    position_ids_from_mask,
-    prepare_supervised,
-    prompt_text,
-    seed_everything,
-    set_dropout_off,
-    shard,
-)
+from trainer.prompting import Message, PromptLike, encode_prompt_response, pad_token_id, prompt_text
+
+from .accel import get_accelerator, maybe_gradient_checkpointing, model_device, seed_everything, set_dropout_off, shard
+from .callbacks import StepCallback, check_cancel
+from .checkpoint import atomic_dir
+from .metrics import StageMetrics
+from .optim import backward_and_step, configure_optimizer, prepare_supervised, trainable
+from .tensors import pad_right, position_ids_from_mask
 
 logger = logging.getLogger(__name__)
 
@@ -430,12 +416,7 @@ def _train(
     # The pairwise loss is invariant to the head bias (its gradient is 0 up to rounding,
     # which Adam would amplify into drift), so the bias is left to normalisation.
     bias = rm.score_head.bias
-    optimizer = make_adamw(
-        [p for p in rm.parameters() if p.requires_grad and p is not bias],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        betas=(0.9, 0.95),
-    )
+    optimizer = configure_optimizer(trainable(rm, exclude=[bias]), lr=config.lr, weight_decay=config.weight_decay)
     val_usable = [ex for ex in val if _usable(ex, config)]
     # With held-out rankings: up to `epochs` passes, stopped by patience once past the step
     # floor. Without: as many passes as the step floor needs, at most `epochs`.
@@ -447,6 +428,7 @@ def _train(
         warmup_ratio=config.warmup_ratio, schedule=config.lr_schedule,
     )
 
+    log = StageMetrics("reward", on_step, accelerator)
     metrics: dict[str, float] = {"rankings_skipped": float(skipped)}
     best: tuple[float, float] | None = None  # (accuracy, -loss) of the kept epoch
     best_state: dict[str, torch.Tensor] | None = None
@@ -454,7 +436,7 @@ def _train(
     if val_usable:
         before = evaluate_rankings(model, tokenizer, val_usable, config, accelerator)
         metrics["val_accuracy_before"] = before["accuracy"]
-        emit(on_step, "reward", 0, {"val_accuracy": before["accuracy"], "val_loss": before["loss"]})
+        log.emit(0, {"val_accuracy": before["accuracy"], "val_loss": before["loss"]})
         if keep_start_if_better:  # a warm start competes as "epoch 0"
             best = (before["accuracy"], -before["loss"])
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
@@ -464,10 +446,11 @@ def _train(
     epochs_run = 0
     stale = 0
     start = time.perf_counter()
+    epoch_stats = log.window()
     for epoch in range(max_epochs):
         model.train()
-        epoch_stats = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss*n, n, correct, pairs
-        window = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+        epoch_stats.clear()
+        log.clear()
         for ids, mask, groups in loader:
             check_cancel(should_stop)
             with accelerator.accumulate(model):
@@ -477,32 +460,18 @@ def _train(
             rows_seen += ids.shape[0]
             pairs_seen += int(n_pairs)
             rankings_seen += len(groups)
-            stats = torch.tensor(
-                [float(loss.detach()) * len(groups), len(groups), float(correct), float(n_pairs)],
-                dtype=torch.float64,
-                device=accelerator.device,
-            )
-            epoch_stats += stats
-            window += stats
+            for window in (epoch_stats, log):
+                window.add("loss", loss, len(groups))
+                window.add_ratio("accuracy", correct, n_pairs)
             if accelerator.sync_gradients:
                 scheduler.step()
                 step += 1
-                w = accelerator.reduce(window.clone(), reduction="sum")
-                logged = {
-                    "loss": float(w[0] / w[1].clamp(min=1)),
-                    "accuracy": float(w[2] / w[3].clamp(min=1)),
-                    "lr": scheduler.get_last_lr()[0],
-                    "epoch": epoch + 1,
-                }
-                if grad_norm is not None:
-                    logged["grad_norm"] = float(grad_norm)
-                emit(on_step, "reward", step, logged)
-                window.zero_()
+                log.log_optimizer_step(step, scheduler, epoch + 1, grad_norm)
         epochs_run = epoch + 1
         if not val_usable:
             continue
         held = evaluate_rankings(model, tokenizer, val_usable, config, accelerator)
-        emit(on_step, "reward", step, {"val_accuracy": held["accuracy"], "val_loss": held["loss"], "epoch": epochs_run})
+        log.emit(step, {"val_accuracy": held["accuracy"], "val_loss": held["loss"], "epoch": epochs_run})
         score_key = (held["accuracy"], -held["loss"])
         if best is None or score_key > best:
             best, best_epoch, stale = score_key, epochs_run, 0
@@ -520,14 +489,14 @@ def _train(
         logger.info("RM: kept epoch %d of %d (best held-out accuracy; 0 = the warm start)", best_epoch, epochs_run)
     del best_state
 
-    totals = accelerator.reduce(epoch_stats, reduction="sum")
+    totals = epoch_stats.means(accelerator)
     counts = accelerator.reduce(
         torch.tensor([pairs_seen, rankings_seen, rows_seen], dtype=torch.float64, device=accelerator.device),
         reduction="sum",
     )
     metrics.update(
-        train_loss=float(totals[0] / totals[1].clamp(min=1)),
-        train_accuracy=float(totals[2] / totals[3].clamp(min=1)),
+        train_loss=totals["loss"],
+        train_accuracy=totals["accuracy"],
         pairs=float(counts[0]),
         rankings=float(counts[1]),
         forward_rows=float(counts[2]),
@@ -609,7 +578,7 @@ def normalize_reward_bias(
     """Shift the head bias so ``examples`` (prompt, response) score mean 0; return the shift.
 
     Use the demonstrations, or policy samples when there are none (InstructGPT). The
-    prompt may be any :data:`~trainer.stages.common.PromptLike` (plain text, messages, or
+    prompt may be any :data:`~trainer.prompting.PromptLike` (plain text, messages, or
     a ``(prompt, messages)`` tuple); it is rendered with the chat template here.
     """
     if not examples:

@@ -18,26 +18,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.config import SFTConfig, epochs_for
+from trainer.prompting import Message, encode_prompt_response, pad_token_id, prompt_text
 
-from .common import (
-    IGNORE_INDEX,
-    Message,
-    StepCallback,
-    backward_and_step,
-    check_cancel,
-    emit,
-    encode_prompt_response,
-    get_accelerator,
-    make_adamw,
-    maybe_gradient_checkpointing,
-    pad_right,
-    pad_token_id,
-    prepare_supervised,
-    prompt_text,
-    seed_everything,
-    set_dropout_off,
-    shard,
-)
+from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
+from .callbacks import StepCallback, check_cancel
+from .checkpoint import cpu_state_dict
+from .metrics import StageMetrics
+from .optim import backward_and_step, configure_optimizer, decay_groups, prepare_supervised, trainable
+from .tensors import IGNORE_INDEX, pad_right
 
 logger = logging.getLogger(__name__)
 
@@ -151,12 +139,8 @@ def train_sft(
         collate_fn=lambda b: collate_sft(b, pad_id),
         generator=torch.Generator().manual_seed(config.seed),
     )
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = make_adamw(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.95),
+    optimizer = configure_optimizer(
+        decay_groups(trainable(model), config.weight_decay), lr=config.lr, weight_decay=config.weight_decay
     )
     epochs = epochs_for(
         len(encoded), config.batch_size, config.grad_accum, config.epochs, config.min_steps, config.max_epochs
@@ -166,20 +150,20 @@ def train_sft(
         warmup_ratio=config.warmup_ratio, schedule=config.lr_schedule,
     )
 
+    log = StageMetrics("sft", on_step, accelerator)
     metrics: dict[str, float] = {"epochs": float(epochs)}
     if val:
         metrics["val_loss_before"] = evaluate_sft_loss(model, tokenizer, val, config, accelerator)
-        emit(on_step, "sft", 0, {"val_loss": metrics["val_loss_before"]})
+        log.emit(0, {"val_loss": metrics["val_loss_before"]})
 
     step = 0
     seen_tokens = 0
     supervised_tokens = 0
     start = time.perf_counter()
-    epoch_loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    window = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    epoch_loss = log.window()
     for epoch in range(epochs):
         model.train()
-        epoch_loss.zero_()
+        epoch_loss.clear()
         for batch in loader:
             check_cancel(should_stop)
             with accelerator.accumulate(model):
@@ -187,32 +171,20 @@ def train_sft(
                 grad_norm = backward_and_step(accelerator, model, optimizer, loss, config.max_grad_norm)
             seen_tokens += int(batch["attention_mask"].sum())
             supervised_tokens += int(n_tok)
-            pair = torch.stack([loss.detach().double() * n_tok.double(), n_tok.double()])
-            epoch_loss += pair
-            window += pair
+            epoch_loss.add("loss", loss, n_tok)
+            log.add("loss", loss, n_tok)
             if accelerator.sync_gradients:
                 scheduler.step()
                 step += 1
-                window_avg = accelerator.reduce(window.clone(), reduction="sum")
-                logged = {
-                    "loss": float(window_avg[0] / window_avg[1].clamp(min=1)),
-                    "lr": scheduler.get_last_lr()[0],
-                    "epoch": epoch + 1,
-                }
-                if grad_norm is not None:
-                    logged["grad_norm"] = float(grad_norm)
-                emit(on_step, "sft", step, logged)
-                window.zero_()
+                log.log_optimizer_step(step, scheduler, epoch + 1, grad_norm)
         if epoch_states is not None:
-            weights = accelerator.unwrap_model(model).state_dict()
-            epoch_states.append({k: v.detach().to("cpu", copy=True) for k, v in weights.items()})
+            epoch_states.append(cpu_state_dict(accelerator.unwrap_model(model)))
     elapsed = time.perf_counter() - start
 
-    epoch_total = accelerator.reduce(epoch_loss, reduction="sum")
-    metrics["train_loss"] = float(epoch_total[0] / epoch_total[1].clamp(min=1))
+    metrics["train_loss"] = epoch_loss.means(accelerator)["loss"]
     if val:
         metrics["val_loss_after"] = evaluate_sft_loss(model, tokenizer, val, config, accelerator)
-        emit(on_step, "sft", step, {"val_loss": metrics["val_loss_after"]})
+        log.emit(step, {"val_loss": metrics["val_loss_after"]})
     counts = accelerator.reduce(
         torch.tensor([seen_tokens, supervised_tokens], dtype=torch.float64, device=accelerator.device), reduction="sum"
     )

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.config import Settings
 from app.db import transact
-from app.deps import DB, ApiAdmin, ApiUser
+from app.deps import DB, ApiAdmin, ApiUser, get_settings_dep
 from app.models import ComparisonJudgment
+from app.routes.api.answers import store_answer
 from app.schemas.evaluations import (
     ComparisonIn,
     EvaluationIn,
@@ -25,10 +26,6 @@ from app.services import compare_tasks, evaluations
 from app.services.submissions import undo_deadline
 
 router = APIRouter(tags=["evaluations"])
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 @router.post(
@@ -144,7 +141,7 @@ def submit_comparison(
     """Answer a compare task: ``choice`` a, b, tie or both_bad, and optional per-side
     ratings (Likert 1-7, flags). Idempotent: the identical answer again is 200 with the
     stored row; a different one on a submitted task is 409 (undo first)."""
-    settings = _settings(request)
+    settings = get_settings_dep(request)
 
     def work() -> tuple[JudgmentOut, bool]:
         row, created = compare_tasks.submit_comparison(
@@ -158,7 +155,4 @@ def submit_comparison(
         )
         return _judgment_out(row, settings), created
 
-    out, created = transact(db, work)
-    if not created:
-        response.status_code = 200
-    return out
+    return store_answer(db, response, work)

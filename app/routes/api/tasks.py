@@ -12,8 +12,9 @@ from fastapi import APIRouter, Request, Response
 
 from app.config import Settings
 from app.db import transact
-from app.deps import DB, ApiUser
+from app.deps import DB, ApiUser, get_settings_dep
 from app.models import Demonstration, Ranking
+from app.routes.api.answers import store_answer
 from app.schemas.evaluations import CompareProgressOut, CompareTaskOut
 from app.schemas.tasks import (
     DemonstrationIn,
@@ -31,10 +32,6 @@ from app.services.errors import Invalid
 from app.services.submissions import undo_deadline
 
 router = APIRouter(tags=["tasks"])
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 def _ranking_out(row: Ranking, settings: Settings) -> RankingOut:
@@ -68,7 +65,7 @@ def next_task(body: NextTaskIn, request: Request, db: DB, principal: ApiUser) ->
     """The caller's task in a prompt set (rank, demonstrate) or an evaluation (compare):
     the live lease they hold, else a newly claimed one. A compare task shows the prompt
     and two sides, A and B, and never which policy wrote which."""
-    settings = _settings(request)
+    settings = get_settings_dep(request)
     if body.kind == "compare":
         if body.evaluation_id is None:
             raise Invalid("a compare task needs evaluation_id")
@@ -126,7 +123,7 @@ def get_task(task_id: int, db: DB, principal: ApiUser) -> Any:
 @router.post("/tasks/{task_id}/renew", response_model=TaskOut | CompareTaskOut)
 def renew(task_id: int, request: Request, db: DB, principal: ApiUser) -> Any:
     """Extend the lease of the caller's task while they work on it."""
-    settings = _settings(request)
+    settings = get_settings_dep(request)
     if _is_compare(db, task_id):
 
         def renew_compare() -> dict[str, Any]:
@@ -151,7 +148,7 @@ def renew(task_id: int, request: Request, db: DB, principal: ApiUser) -> Any:
 def submit_ranking(
     task_id: int, body: RankingIn, request: Request, response: Response, db: DB, principal: ApiUser
 ) -> RankingOut:
-    settings = _settings(request)
+    settings = get_settings_dep(request)
 
     def work() -> tuple[RankingOut, bool]:
         row, created = submissions.submit_ranking(
@@ -166,10 +163,7 @@ def submit_ranking(
         )
         return _ranking_out(row, settings), created
 
-    out, created = transact(db, work)
-    if not created:
-        response.status_code = 200
-    return out
+    return store_answer(db, response, work)
 
 
 @router.post(
@@ -181,7 +175,7 @@ def submit_ranking(
 def submit_demonstration(
     task_id: int, body: DemonstrationIn, request: Request, response: Response, db: DB, principal: ApiUser
 ) -> DemonstrationOut:
-    settings = _settings(request)
+    settings = get_settings_dep(request)
 
     def work() -> tuple[DemonstrationOut, bool]:
         row, created = submissions.submit_demonstration(
@@ -194,10 +188,7 @@ def submit_demonstration(
         )
         return _demonstration_out(row, settings), created
 
-    out, created = transact(db, work)
-    if not created:
-        response.status_code = 200
-    return out
+    return store_answer(db, response, work)
 
 
 @router.post("/tasks/{task_id}/skip", response_model=TaskStatusOut)
@@ -215,7 +206,7 @@ def skip(task_id: int, db: DB, principal: ApiUser, body: SkipIn | None = None) -
 def undo(task_id: int, request: Request, db: DB, principal: ApiUser) -> Any:
     """Take back the caller's last submission within the undo window; the task is theirs
     again with a fresh lease, and ``previous`` holds the answer that was taken back."""
-    settings = _settings(request)
+    settings = get_settings_dep(request)
     if _is_compare(db, task_id):
 
         def undo_compare() -> dict[str, Any]:
