@@ -58,9 +58,12 @@ BAD = ["no", "bad", "maybe"]
 
 
 def fast_settings(settings: Settings, **overrides: object) -> Settings:
+    """Settings for in-process rounds: fast polling and heartbeats. The heartbeat timeout
+    stays generous, so a round starved of CPU on a loaded machine is not taken for a lost
+    worker; the tests of lost workers pass their own short timeout."""
     values = {
         "heartbeat_s": 0.2,
-        "heartbeat_timeout_s": 3.0,
+        "heartbeat_timeout_s": 20.0,
         "worker_poll_s": 0.1,
         "buffer_prompts": 4,
         "sampler_batch_size": 4,

@@ -189,7 +189,7 @@ def deploy_gates(evaluation: dict[str, Any], cfg: GateConfig) -> list[Gate]:
             g.reason = f"KL from the parent {mean:.2f} nats per response is over the budget deploy_max_kl={cfg.max_kl:g}"
         gates.append(g)
     else:
-        gates.append(Gate("kl_from_parent", False, None, cfg.max_kl, reason="not measured: no evaluation samples"))
+        gates.append(Gate("kl_from_parent", False, None, threshold=cfg.max_kl, reason="not measured: no evaluation samples"))
     return gates
 
 
