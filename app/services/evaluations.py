@@ -262,6 +262,10 @@ def set_status(db: Session, actor: User | None, ev: Evaluation, status: str) -> 
     ev.status = status
     audit.record(db, actor, "evaluation.status", "evaluation", ev.id, status=status)
     db.flush()
+    if status == "closed":  # closing a round's evaluation gives its verdict with the judgments so far
+        from app.services import human_gate
+
+        human_gate.settle(db, ev.id)
     return ev
 
 
