@@ -102,6 +102,8 @@ def test_the_parent_serves_until_the_human_verdict_then_the_round_deploys_or_ref
         assert not _judge(client, database, labeler.headers, ev.id, prefer)
         gates = client.get(f"/api/v1/training/runs/{run.id}", headers=admin.headers).json()["gates"]
         page = client.get(f"/admin/runs/{run.id}", headers=admin.headers)
+        listed = {p["id"]: p for p in client.get("/api/v1/policies", headers=admin.headers).json()}
+        policies_page = client.get("/admin/policies", headers=admin.headers)
 
     human = gates["human"]
     assert human["verdict"]["complete"] and human["verdict"]["comparisons"] == 3
@@ -121,6 +123,13 @@ def test_the_parent_serves_until_the_human_verdict_then_the_round_deploys_or_ref
             assert "human gate refused" in lines and "do not find v1 at least as good as v0" in lines
     assert "human gate" in logs_of(database, run.id)
     assert page.status_code == 200 and 'id="human-gate"' in page.text
+    # The policies API and page show the human verdict beside the RM's reading.
+    verdict = listed[new_id]["human_verdict"]
+    assert verdict["evaluation_id"] == ev.id and verdict["from_round"] and verdict["complete"]
+    assert verdict["win_rate"] == (1.0 if humans_prefer == "new" else 0.0)
+    assert "rm_win_rate" in verdict and listed[v0.id]["human_verdict"] is None
+    assert policies_page.status_code == 200
+    assert "Humans: win rate" in policies_page.text and f"evaluation {ev.id}" in policies_page.text
 
 
 def test_closing_the_evaluation_early_gives_the_verdict_with_the_judgments_so_far(
@@ -205,3 +214,42 @@ def test_evaluation_judgments_train_the_rm_only_when_the_round_says_so(
     log = logs_of(database, rm_round)
     assert "3 evaluation judgments (rm_include_evaluations)" in log
     assert "3 of the training rankings are evaluation judgments" in log
+
+
+def test_the_policies_page_flags_where_the_rm_and_the_humans_disagree(app, admin, database, make_account) -> None:
+    from app.db import transact
+    from app.services import compare_tasks, evaluations
+    from app.models import User
+    from tests.eval_helpers import add_samples
+    from tests.factories import make_policy, make_prompt_set, make_prompts
+
+    with database.session() as db:
+        ps = make_prompt_set(db, "disagree", k=2)
+        prompts = make_prompts(db, ps, [f"Question {i}?" for i in range(12)], split="validation")
+        parent = make_policy(db, deployed=True, artifact_path="policies/p0")
+        child = make_policy(db, deployed=False, artifact_path="policies/p1", parent_id=parent.id,
+                            metrics={"win_rate": 0.9, "mean_score_new": 1.0, "mean_score_prev": 0.2})
+        add_samples(db, [p.id for p in prompts], [parent.id, child.id])
+        ev = evaluations.create_evaluation(db, None, name="v1 vs v0", policy_ids=[parent.id, child.id],
+                                           prompt_set_ids=[ps.id], seed=3)
+        ev_id, child_id, parent_id = ev.id, child.id, parent.id
+    labeler = make_account("labeler")
+    with database.session() as db:
+        user = db.get(User, labeler.id)
+        while True:
+            task = transact(db, lambda: compare_tasks.next_task(db, user, ev_id, lease_minutes=30))
+            if task is None:
+                break
+            link = db.get(CompareTask, task.id)
+            a_policy = db.get(EvaluationSample, link.sample_a_id).policy_id
+            choice = "a" if a_policy == parent_id else "b"  # the humans prefer the parent
+            transact(db, lambda: compare_tasks.submit_comparison(db, task.id, user, choice=choice))
+    with TestClient(app) as client:
+        listed = {p["id"]: p for p in client.get("/api/v1/policies", headers=admin.headers).json()}
+        one = client.get(f"/api/v1/policies/{child_id}", headers=admin.headers).json()
+        page = client.get("/admin/policies", headers=admin.headers).text
+    verdict = listed[child_id]["human_verdict"]
+    assert verdict["verdict"] == "worse" and verdict["comparisons"] == 12 and verdict["from_round"] is False
+    assert verdict["rm_win_rate"] == 0.9 and verdict["rm_score_delta"] == pytest.approx(0.8)
+    assert verdict["agreement"] == "disagree" and one["human_verdict"] == verdict
+    assert "RM and humans disagree" in page and "RM: win rate 0.90, score +0.800" in page

@@ -501,3 +501,52 @@ def judgment_records(db: Session, evaluation_id: int, batch: int = 500) -> Itera
                 "gold": gold_outcome is not None,
                 "created_at": j.created_at.isoformat(),
             }
+
+
+# --- the policies page: each version's human verdict beside its RM evaluation ------------
+
+
+def policy_verdicts(db: Session, policies: Sequence[Policy]) -> dict[int, dict[str, Any]]:
+    """Per policy with a parent: the human verdict on it against its parent, from the
+    evaluation its own round opened (``evaluate_with_humans``, with that round's threshold)
+    or else the newest evaluation that compares the two (threshold 0.5), beside the RM's
+    reading from the round (``rm_win_rate``, ``rm_score_delta``). ``agreement`` is
+    ``agree`` / ``disagree`` when the humans decided (better or worse) and the RM's win
+    rate leans one way, else None."""
+    from app.models import TrainingRun
+
+    evs = list_evaluations(db)  # newest first
+    out: dict[int, dict[str, Any]] = {}
+    for policy in policies:
+        if policy.parent_id is None:
+            continue
+        pair = {policy.id, policy.parent_id}
+        candidates = [ev for ev in evs if pair <= set(ev.policy_ids)]
+        if not candidates:
+            continue
+        own = [ev for ev in candidates if policy.training_run_id and ev.training_run_id == policy.training_run_id]
+        ev = (own or candidates)[0]
+        threshold = 0.5
+        if own:
+            run = db.get(TrainingRun, policy.training_run_id)
+            gate = (((run.metrics or {}) if run else {}).get("gates") or {}).get("human") or {}
+            threshold = float(gate.get("threshold", 0.5))
+        found = verdict(db, ev.id, policy.id, policy.parent_id, threshold=threshold)
+        metrics = policy.metrics or {}
+        rm_rate = metrics.get("win_rate")
+        rm_rate = float(rm_rate) if isinstance(rm_rate, int | float) else None
+        new, prev = metrics.get("mean_score_new"), metrics.get("mean_score_prev")
+        delta = float(new) - float(prev) if isinstance(new, int | float) and isinstance(prev, int | float) else None
+        agreement = None
+        if rm_rate is not None and rm_rate != 0.5 and found["verdict"] in ("better", "worse"):
+            agreement = "agree" if (found["verdict"] == "better") == (rm_rate > 0.5) else "disagree"
+        out[policy.id] = {
+            **found,
+            "evaluation_name": ev.name,
+            "evaluation_status": ev.status,
+            "from_round": bool(own),
+            "rm_win_rate": rm_rate,
+            "rm_score_delta": delta,
+            "agreement": agreement,
+        }
+    return out
