@@ -463,7 +463,10 @@ def judgment_records(db: Session, evaluation_id: int, batch: int = 500) -> Itera
     last = 0
     while True:
         rows = db.execute(
-            select(ComparisonJudgment, CompareTask, Prompt, User.username, EvaluationComparison.gold_outcome)
+            select(
+                ComparisonJudgment, CompareTask, Prompt, User.username, EvaluationComparison.gold_outcome,
+                EvaluationComparison.sample_index,
+            )
             .join(CompareTask, CompareTask.task_id == ComparisonJudgment.task_id)
             .join(Prompt, Prompt.id == ComparisonJudgment.prompt_id)
             .join(User, User.id == ComparisonJudgment.labeler_id)
@@ -480,12 +483,13 @@ def judgment_records(db: Session, evaluation_id: int, batch: int = 500) -> Itera
             return
         sample_ids = {ct.sample_a_id for _, ct, *_ in rows} | {ct.sample_b_id for _, ct, *_ in rows}
         texts = dict(db.execute(select(EvaluationSample.id, EvaluationSample.text).where(EvaluationSample.id.in_(sample_ids))).all())
-        for j, ct, prompt, username, gold_outcome in rows:
+        for j, ct, prompt, username, gold_outcome, sample_index in rows:
             last = j.id
             yield {
                 "evaluation_id": evaluation_id,
                 "judgment_id": j.id,
                 "comparison_id": j.comparison_id,
+                "sample_index": sample_index,
                 "prompt_id": prompt.id,
                 "prompt": prompt.display_text,
                 "completion_a": texts.get(ct.sample_a_id, ""),
