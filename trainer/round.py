@@ -22,6 +22,8 @@ things worse:
 7. **Promote**: the policy is written to a staging directory, published as
    ``policies/vN`` (trainer/artifacts.py) and registered in the transaction that ends the
    run. ``deploy: true`` deploys it only through the **deploy gate**; ``"force"`` always.
+   With ``evaluate_with_humans`` the round opens a human evaluation of it against its
+   parent instead, and the verdict deploys or refuses it later (app/services/human_gate.py).
    A worker killed at any point leaves at most an unregistered directory.
 """
 
