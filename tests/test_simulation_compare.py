@@ -151,3 +151,20 @@ def test_simulate_evaluation_through_a_running_service_with_the_tiny_model(
     with StudioClient(live_server, admin.token) as client:
         for row in judgments(client, result["evaluation_id"]):
             assert row["choice"] == compare_choice(preference, row["prompt"], row["completion_a"], row["completion_b"])
+
+
+def test_evaluation_table_lists_the_policies_best_first_beside_their_preference_scores() -> None:
+    from app.simulation.compare import evaluation_table
+
+    row = {"wins": 7, "losses": 2, "ties": 1, "both_bad": 0}
+    result = {
+        "leaderboard": {"policies": [
+            {"policy_id": 1, "label": "v0", "rank": 2, "rating": 930.4, "rating_interval": [880.0, 975.2],
+             **{**row, "wins": 2, "losses": 7}},
+            {"policy_id": 5, "label": "v3", "rank": 1, "rating": 1069.6, "rating_interval": None, **row},
+        ]},
+        "preference_scores": {1: {"mean_score": 0.123, "samples": 10}, 5: {"mean_score": 0.61, "samples": 10}},
+    }
+    header, first, second = evaluation_table(result)
+    assert header[1] == "policy" and first[:3] == ["1", "v3", "1070"] and first[3] == "-"
+    assert first[4:] == ["7/2/1", "0.610", "10"] and second[1:4] == ["v0", "930", "880-975"]

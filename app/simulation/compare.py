@@ -242,3 +242,27 @@ def simulate_evaluation(
         for client in clients:
             client.close()
         admin.close()
+
+
+def evaluation_table(result: dict[str, Any]) -> list[list[str]]:
+    """:func:`simulate_evaluation`'s result as rows (header first): per policy, best first,
+    its rating with the 95% interval, wins/losses/ties, and the preference's mean score."""
+
+    def num(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    header = ["rank", "policy", "rating", "95% interval", "W/L/T", "preference score", "samples"]
+    body = []
+    for row in sorted(result["leaderboard"]["policies"], key=lambda r: r["rank"]):
+        score = result["preference_scores"].get(row["policy_id"]) or {}
+        interval = row.get("rating_interval")
+        body.append([
+            str(row["rank"]),
+            row["label"],
+            num(row["rating"], ".0f"),
+            f"{interval[0]:.0f}-{interval[1]:.0f}" if interval else "-",
+            f"{row['wins']}/{row['losses']}/{row['ties'] + row['both_bad']}",
+            num(score.get("mean_score"), ".3f"),
+            str(score.get("samples", 0)),
+        ])
+    return [header, *body]
