@@ -253,3 +253,14 @@ def test_the_policies_page_flags_where_the_rm_and_the_humans_disagree(app, admin
     assert verdict["rm_win_rate"] == 0.9 and verdict["rm_score_delta"] == pytest.approx(0.8)
     assert verdict["agreement"] == "disagree" and one["human_verdict"] == verdict
     assert "RM and humans disagree" in page and "RM: win rate 0.90, score +0.800" in page
+
+
+def test_deploy_force_deploys_at_once_and_the_evaluation_is_recorded_only(settings, database, tiny_base) -> None:
+    s, v0, run = _round_with_humans(settings, database, tiny_base, deploy="force")
+    gate = run.metrics["gates"]["human"]
+    assert gate["status"] == "pending" and gate["deploy_on_verdict"] is False and gate["evaluation_id"]
+    assert "deployed already (deploy: force)" in gate["reason"]
+    assert run.metrics["deployed"] is True and run.metrics["summary"].count("; deployed") == 1
+    assert "recorded only" in run.metrics["summary"]
+    with database.session() as db:
+        assert db.get(Policy, run.policy_id).deployed

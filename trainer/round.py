@@ -805,12 +805,12 @@ class _Round:
                     metrics=policy_metrics, base=job.base.base, training_run_id=self.run_id,
                 )
                 note = gate_note
+                human_note = ""
                 if job.cfg.human_eval.enabled:
                     human, human_note = human_gate.open_for_round(
                         db, run, policy, job.base.id, **_human_deploy(job, self.gates["deploy"]["passed"])
                     )
                     run_metrics.setdefault("gates", {})["human"] = self.gates["human"] = human
-                    note += human_note
                 if deploy:
                     actor = db.get(User, job.created_by_id) if job.created_by_id else None
                     try:
@@ -820,7 +820,7 @@ class _Round:
                         note = f"; not deployed: {exc.message}"
                 elif job.deploy and not job.cfg.human_eval.enabled:
                     note += f" (v{job.base.version} stays deployed; an admin can still deploy v{version} by hand)"
-                summary += note
+                summary += note + human_note
                 run_metrics["summary"] = summary
                 run_metrics["deployed"] = bool(deploy and note.startswith("; deployed"))
                 workers.finish_run(db, self.lease, "succeeded", progress=1.0, policy_id=policy.id, metrics=run_metrics)

@@ -332,6 +332,7 @@ def evaluation_view(db: Session, ev: Evaluation) -> dict[str, Any]:
         "judgments": judgments,
         "leased": leased,
         "missing_samples": missing,
+        "training_run_id": ev.training_run_id,
         "created_at": ev.created_at,
     }
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import Evaluation, Policy, TrainingRun, User
+from app.models import ComparisonJudgment, Evaluation, EvaluationComparison, Policy, TrainingRun, User
 from app.services import evaluations, policies, workers
 from app.services.errors import Conflict, Invalid
 from trainer.config import stage_configs
@@ -142,6 +142,8 @@ def settle(db: Session, evaluation_id: int) -> dict[str, Any] | None:
     run = pending_run(db, ev)
     if run is None:
         return None
+    if ev.status != "closed" and not _all_judged(db, ev):
+        return None  # a cheap count first: most judgments do not complete the evaluation
     gate = dict(((run.metrics or {}).get("gates") or {})[GATE])
     new_id, parent_id = int(gate["new_policy_id"]), int(gate["parent_policy_id"])
     found = evaluations.verdict(db, ev.id, new_id, parent_id, threshold=float(gate["threshold"]))
@@ -189,6 +191,17 @@ def settle(db: Session, evaluation_id: int) -> dict[str, Any] | None:
     workers.add_log(db, run.id, f"human gate {gate['status']}: {gate['reason']}", "info" if passed else "warning")
     db.flush()
     return gate
+
+
+def _all_judged(db: Session, ev: Evaluation) -> bool:
+    regular = (EvaluationComparison.evaluation_id == ev.id, EvaluationComparison.gold_outcome.is_(None))
+    slots = (db.scalar(select(func.count(EvaluationComparison.id)).where(*regular)) or 0) * ev.overlap
+    judged = db.scalar(
+        select(func.count(ComparisonJudgment.id))
+        .join(EvaluationComparison, EvaluationComparison.id == ComparisonJudgment.comparison_id)
+        .where(*regular, ComparisonJudgment.status == "active")
+    ) or 0
+    return slots > 0 and judged >= slots
 
 
 def _figures(found: dict[str, Any]) -> str:
