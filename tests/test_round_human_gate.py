@@ -264,3 +264,47 @@ def test_deploy_force_deploys_at_once_and_the_evaluation_is_recorded_only(settin
     assert "recorded only" in run.metrics["summary"]
     with database.session() as db:
         assert db.get(Policy, run.policy_id).deployed
+
+
+def test_judgments_that_complete_the_evaluation_at_once_settle_it_once(settings, database, tiny_base, make_account) -> None:
+    import threading
+
+    from app.db import transact
+    from app.models import User
+    from app.services import compare_tasks
+
+    s, v0, run = _round_with_humans(settings, database, tiny_base)
+    ev_id = run.metrics["gates"]["human"]["evaluation_id"]
+    _sample_all(s, database)
+    claimed = []
+    for _ in range(3):  # three labelers hold the three comparisons
+        account = make_account("labeler")
+        with database.session() as db:
+            user = db.get(User, account.id)
+            task = transact(db, lambda: compare_tasks.next_task(db, user, ev_id, lease_minutes=30))
+            link = db.get(CompareTask, task.id)
+            side_a = db.get(EvaluationSample, link.sample_a_id).policy_id
+            claimed.append((account.id, task.id, "a" if side_a == run.policy_id else "b"))
+    barrier = threading.Barrier(len(claimed))
+    errors: list[BaseException] = []
+
+    def submit(user_id: int, task_id: int, choice: str) -> None:
+        try:
+            with database.session() as db:
+                user = db.get(User, user_id)
+                barrier.wait()
+                transact(db, lambda: compare_tasks.submit_comparison(db, task_id, user, choice=choice))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=c) for c in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    done = run_state(database, run.id)
+    assert done.metrics["gates"]["human"]["status"] == "passed" and done.metrics["deployed"] is True
+    assert logs_of(database, run.id).count("human gate passed") == 1
+    with database.session() as db:
+        assert db.get(Policy, run.policy_id).deployed and not db.get(Policy, v0.id).deployed
