@@ -28,8 +28,14 @@ from trainer.worker import TrainerWorker
 HUMAN = {**TINY_CONFIG, "evaluate_with_humans": True, "human_eval_threshold": 0.5}
 
 
+def _settings(settings):  # type: ignore[no-untyped-def]
+    """The fast test settings with a heartbeat timeout a loaded machine cannot miss: these
+    tests are about the human gate, not about reaping a worker whose heartbeat starved."""
+    return fast_settings(settings, heartbeat_timeout_s=60.0)
+
+
 def _round_with_humans(settings, database, tiny_base, config=HUMAN, deploy: bool | str = True):  # type: ignore[no-untyped-def]
-    s = fast_settings(settings)
+    s = _settings(settings)
     v0 = bootstrap_v0(s, database, tiny_base)
     set_id = labeled_set(database, v0.id, validation_prompts=3)
     run_id = create_run(database, [set_id], deploy=deploy, config=config)
@@ -165,7 +171,7 @@ def test_without_deploy_the_verdict_is_recorded_only(settings, database, tiny_ba
 
 
 def test_without_validation_prompts_the_human_gate_refuses_at_once(settings, database, tiny_base) -> None:
-    s = fast_settings(settings)
+    s = _settings(settings)
     v0 = bootstrap_v0(s, database, tiny_base)
     set_id = labeled_set(database, v0.id, validation_prompts=0)
     run_id = create_run(database, [set_id], deploy=True, config=HUMAN)
