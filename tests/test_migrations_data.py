@@ -183,6 +183,8 @@ NEW_COLUMNS: dict[tuple[str, str], Callable[[dict[str, Any], dict[str, list[dict
     ("workers", "device"): lambda row, rows: None,
     # 0005: deploy past the deploy gate ("deploy": "force"): no old round asked for it.
     ("training_runs", "deploy_force"): lambda row, rows: False,
+    # 0007: the round waiting on an evaluation's verdict: none for evaluations made by hand.
+    ("evaluations", "training_run_id"): lambda row, rows: None,
 }
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.simulation.client import StudioClient
-from app.simulation.compare import compare_choice, run_evaluation
+from app.simulation.compare import compare_choice, judgments, run_evaluation, simulate_evaluation
 from app.simulation.preferences import load_preference
 from tests.eval_helpers import eval_setup
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _length(prompt: str, text: str) -> float:
@@ -49,3 +52,120 @@ def test_simulated_evaluation_ranks_the_preferred_policy_first(app, admin, make_
     )
     assert board["comparisons"] == 20
     assert board["policies"][0]["policy_id"] == good
+
+
+# --- simulate_evaluation: a running service, the worker's sampler, the tiny model ----------
+
+
+@pytest.fixture
+def live_server(settings, database):  # type: ignore[no-untyped-def]
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from app.main import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings, database), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not srv.started:
+        assert time.monotonic() < deadline, "live server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def eval_sampler_thread(settings, database):  # type: ignore[no-untyped-def]
+    """The worker's evaluation sampler, stepping in the background as `rlhf worker` does."""
+    import threading
+
+    from trainer.eval_sampler import EvaluationSampler
+
+    stop = threading.Event()
+    sampler = EvaluationSampler(database, settings.model_copy(update={"sampler_batch_size": 8}), prefer_vllm=False)
+
+    def loop() -> None:
+        while not stop.is_set():
+            if not sampler.step():
+                stop.wait(0.1)
+        sampler.release()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=60)
+
+
+def test_simulate_evaluation_through_a_running_service_with_the_tiny_model(
+    settings, database, tiny_base, live_server, eval_sampler_thread, admin
+) -> None:
+    import shutil
+
+    from sqlalchemy import select
+
+    from app.models import EvaluationSample, Prompt
+    from app.services import policies
+    from tests.factories import make_prompt_set, make_prompts
+    from tests.round_helpers import bootstrap_v0
+    from trainer import artifacts
+
+    v0 = bootstrap_v0(settings, database, tiny_base)
+    root = settings.resolved_artifacts_dir
+    shutil.copytree(artifacts.resolve(root, v0.artifact_path), artifacts.resolve(root, artifacts.policy_rel_path(1)))
+    with database.session() as db:
+        v1 = policies.register_policy(db, version=1, artifact_path=artifacts.policy_rel_path(1), parent_id=v0.id)
+        ps = make_prompt_set(db, "sim-eval", k=2, sampling={"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8})
+        make_prompts(db, ps, [f"Train question {i}?" for i in range(3)])
+        make_prompts(db, ps, [f"Held-out question {i}?" for i in range(4)], split="validation")
+        v1_id = v1.id
+
+    preference = load_preference("concise")
+    result = simulate_evaluation(
+        live_server, admin.token, [v0.id, v1_id], "sim-eval", labelers=3, preference=preference, overlap=2,
+        flip_prob=0.0, seed=5, timeout_s=300, poll_s=0.2,
+    )
+    board = result["leaderboard"]
+    assert result["evaluation"]["status"] == "active" and result["evaluation"]["prompts"] == 4
+    assert board["comparisons"] == 4 * 2  # every comparison judged by its overlap of labelers
+    assert {row["policy_id"] for row in board["policies"]} == {v0.id, v1_id}
+    scores = result["preference_scores"]
+    assert set(scores) == {v0.id, v1_id} and all(s["samples"] == 4 for s in scores.values())
+    with database.session() as db:  # the means are the preference's over the compared samples
+        for pid in (v0.id, v1_id):
+            rows = db.execute(
+                select(EvaluationSample.text, EvaluationSample.prompt_id).where(EvaluationSample.policy_id == pid)
+            ).all()
+            expected = [preference(db.get(Prompt, prompt_id).text, text) for text, prompt_id in rows]
+            assert scores[pid]["mean_score"] == pytest.approx(sum(expected) / len(expected))
+    assert set(result["order_by_rating"]) == set(result["order_by_score"]) == {v0.id, v1_id}
+    assert result["agrees"] == (result["order_by_rating"] == result["order_by_score"])
+    # noise-free labelers answered every task as the preference says
+    with StudioClient(live_server, admin.token) as client:
+        for row in judgments(client, result["evaluation_id"]):
+            assert row["choice"] == compare_choice(preference, row["prompt"], row["completion_a"], row["completion_b"])
+
+
+def test_evaluation_table_lists_the_policies_best_first_beside_their_preference_scores() -> None:
+    from app.simulation.compare import evaluation_table
+
+    row = {"wins": 7, "losses": 2, "ties": 1, "both_bad": 0}
+    result = {
+        "leaderboard": {"policies": [
+            {"policy_id": 1, "label": "v0", "rank": 2, "rating": 930.4, "rating_interval": [880.0, 975.2],
+             **{**row, "wins": 2, "losses": 7}},
+            {"policy_id": 5, "label": "v3", "rank": 1, "rating": 1069.6, "rating_interval": None, **row},
+        ]},
+        "preference_scores": {1: {"mean_score": 0.123, "samples": 10}, 5: {"mean_score": 0.61, "samples": 10}},
+    }
+    header, first, second = evaluation_table(result)
+    assert header[1] == "policy" and first[:3] == ["1", "v3", "1070"] and first[3] == "-"
+    assert first[4:] == ["7/2/1", "0.610", "10"] and second[1:4] == ["v0", "930", "880-975"]

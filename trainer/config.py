@@ -1,7 +1,7 @@
 """Every hyper-parameter of a training round, declared once.
 
 Each stage has one config dataclass here (``SFTConfig``, ``RMConfig``, ``PPOConfig``,
-``DPOConfig``, ``EvalConfig``, ``GateConfig``, and the round's ``TrackingConfig``); a field's metadata carries its help text,
+``DPOConfig``, ``EvalConfig``, ``GateConfig``, ``HumanEvalConfig``, and the round's ``TrackingConfig``); a field's metadata carries its help text,
 bounds and choices. The stage functions in trainer/stages take these dataclasses; the
 web tier derives from them, through :data:`ROUND_KEYS`, the round config schema
 (``GET /api/v1/training/config``), its validation (:func:`validate_round_config`) and the
@@ -123,6 +123,11 @@ class RMConfig:
         min=0, max=1,
     )
     gate_confidence: float = param(0.95, "confidence of the RM gate's interval", min=0.5, max=0.999)
+    include_evaluations: bool = param(
+        False,
+        "also train on the judgments of human evaluations of the round's sets (A or B preferred: one pair each; "
+        "ties and both-bad give none), as training pairs whatever the prompt's split; false keeps evaluations held out",
+    )
     mode: str = param("kway", "kway: K forwards per ranking; pairwise: 2 per pair", choices=("kway", "pairwise"),
                       round=False)
     seed: int = param(0, "random seed", round=False)
@@ -265,6 +270,30 @@ class GateConfig:
     confidence: float = param(0.95, "confidence of the gates' intervals", min=0.5, max=0.999)
 
 
+@dataclass
+class HumanEvalConfig:
+    """``evaluate_with_humans``: the round registers its new policy, keeps the parent
+    deployed, and opens a blind human evaluation of new vs parent on the validation split
+    of its prompt sets (app/services/human_gate.py). When every comparison has its
+    judgments (or an admin closes the evaluation), the verdict deploys the new policy
+    (the round's ``deploy: true``) or refuses it; the RM's score and win-rate checks are
+    then advisory, the KL budget still applies."""
+
+    enabled: bool = param(
+        False,
+        "deploy only after a blind human evaluation of the new policy against its parent on the validation split "
+        "(the parent keeps serving until the verdict)",
+        key="evaluate_with_humans",
+    )
+    threshold: float = param(
+        0.5, "the human deploy gate: the new policy's win rate against its parent (ties count half) must reach this",
+        min=0, max=1,
+    )
+    prompts: int | None = param(100, "validation prompts the human evaluation uses at most (null: all)", min=1)
+    per_pair: int = param(1, "comparisons per prompt in the human evaluation", min=1, max=20)
+    overlap: int = param(1, "labelers per comparison in the human evaluation", min=1, max=50)
+
+
 #: The experiment trackers a round can report to (Accelerate's tracker names).
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
@@ -290,6 +319,7 @@ SECTIONS: dict[str, type] = {
     "dpo": DPOConfig,
     "eval": EvalConfig,
     "deploy": GateConfig,
+    "human_eval": HumanEvalConfig,
     "tracking": TrackingConfig,
 }
 
@@ -437,6 +467,7 @@ class StageConfigs:
     dpo: DPOConfig
     eval: EvalConfig
     deploy: GateConfig
+    human_eval: HumanEvalConfig
     tracking: TrackingConfig
 
 

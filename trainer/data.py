@@ -25,8 +25,12 @@ from sqlalchemy.orm import Session
 from app.db import chunks
 from app.models import (
     DEFAULT_SAMPLING,
+    CompareTask,
+    ComparisonJudgment,
     Completion,
     Demonstration,
+    EvaluationComparison,
+    EvaluationSample,
     Policy,
     Prompt,
     PromptSet,
@@ -63,8 +67,15 @@ def _active_ids(db: Session, model: Any, prompt_set_ids: list[int], cutoff: date
     )
 
 
-def take_snapshot(db: Session, prompt_set_ids: list[int], cutoff: datetime) -> dict[str, Any]:
-    """The snapshot dict for ``TrainingRun.snapshot`` (ids, counts, sha256)."""
+def take_snapshot(
+    db: Session, prompt_set_ids: list[int], cutoff: datetime, *, include_judgments: bool = False
+) -> dict[str, Any]:
+    """The snapshot dict for ``TrainingRun.snapshot`` (ids, counts, sha256).
+
+    ``include_judgments`` (``rm_include_evaluations``): also the ids of the active
+    judgments of human evaluations on the sets' prompts that prefer one side (A or B), gold
+    comparisons aside; otherwise evaluations stay held out and the key is absent.
+    """
     rankings = _active_ids(db, Ranking, prompt_set_ids, cutoff)
     demonstrations = _active_ids(db, Demonstration, prompt_set_ids, cutoff)
     prompts: dict[str, list[int]] = {"train": [], "validation": []}
@@ -78,6 +89,22 @@ def take_snapshot(db: Session, prompt_set_ids: list[int], cutoff: datetime) -> d
         "prompts_train": prompts.get("train", []),
         "prompts_validation": prompts.get("validation", []),
     }
+    if include_judgments:
+        ids["judgments"] = list(
+            db.scalars(
+                select(ComparisonJudgment.id)
+                .join(Prompt, Prompt.id == ComparisonJudgment.prompt_id)
+                .join(EvaluationComparison, EvaluationComparison.id == ComparisonJudgment.comparison_id)
+                .where(
+                    *_in_sets(prompt_set_ids),
+                    ComparisonJudgment.status == "active",
+                    ComparisonJudgment.choice.in_(("a", "b")),
+                    ComparisonJudgment.created_at <= cutoff,
+                    EvaluationComparison.gold_outcome.is_(None),
+                )
+                .order_by(ComparisonJudgment.id)
+            )
+        )
     return {
         "format": SNAPSHOT_FORMAT,
         "taken_at": cutoff.isoformat(),
@@ -118,6 +145,7 @@ class RoundData:
     eval_prompts: list[tuple[str | None, list[dict[str, str]] | None]] = field(default_factory=list)
     rankings_without_pairs: int = 0
     demonstrations_already_trained: int = 0
+    evaluation_pairs: int = 0  # rm_train pairs from evaluation judgments (rm_include_evaluations)
 
     @property
     def demonstrations(self) -> list[Any]:
@@ -244,6 +272,8 @@ def load_round_data(
         data.rm_train = [ex for ex in data.rm_train if id(ex) not in held_ids]
         data.rm_val_source = f"{len(held)} train rankings held out"
 
+    _add_judgments(db, list(ids.get("judgments") or []), data)
+
     def as_prompt(prompt_id: int) -> tuple[str | None, list[dict[str, str]] | None]:
         p = prompts[prompt_id]
         return (p.text, p.messages)
@@ -259,3 +289,29 @@ def load_round_data(
         eval_ids = eval_ids[:max_eval_prompts]
     data.eval_prompts = [as_prompt(i) for i in eval_ids]
     return data
+
+
+def _add_judgments(db: Session, judgment_ids: list[int], data: RoundData) -> None:
+    """Evaluation judgments as two-completion rankings (the preferred side first), all in
+    ``rm_train`` whatever the prompt's split: the held-out rankings stay the labelers'."""
+    from trainer.stages import RankingExample
+
+    for chunk in chunks(judgment_ids):
+        rows = db.execute(
+            select(ComparisonJudgment.choice, CompareTask.sample_a_id, CompareTask.sample_b_id, Prompt)
+            .join(CompareTask, CompareTask.task_id == ComparisonJudgment.task_id)
+            .join(Prompt, Prompt.id == ComparisonJudgment.prompt_id)
+            .where(ComparisonJudgment.id.in_(chunk))
+            .order_by(ComparisonJudgment.id)
+        ).all()
+        sample_ids = {a for _, a, _, _ in rows} | {b for _, _, b, _ in rows}
+        texts = dict(db.execute(select(EvaluationSample.id, EvaluationSample.text).where(EvaluationSample.id.in_(sample_ids))).all())
+        for choice, a, b, prompt in rows:
+            if a not in texts or b not in texts or choice not in ("a", "b"):
+                continue
+            chosen, rejected = (texts[a], texts[b]) if choice == "a" else (texts[b], texts[a])
+            data.rm_train.append(
+                RankingExample(prompt=prompt.text, messages=prompt.messages, completions=[chosen, rejected],
+                               ranking=[[0], [1]], all_unacceptable=False)
+            )
+            data.evaluation_pairs += 1

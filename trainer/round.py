@@ -22,6 +22,8 @@ things worse:
 7. **Promote**: the policy is written to a staging directory, published as
    ``policies/vN`` (trainer/artifacts.py) and registered in the transaction that ends the
    run. ``deploy: true`` deploys it only through the **deploy gate**; ``"force"`` always.
+   With ``evaluate_with_humans`` the round opens a human evaluation of it against its
+   parent instead, and the verdict deploys or refuses it later (app/services/human_gate.py).
    A worker killed at any point leaves at most an unregistered directory.
 """
 
@@ -42,7 +44,7 @@ from typing import Any
 from app.config import Settings
 from app.db import Database
 from app.models import Policy, TrainingRun, User
-from app.services import policies, training, workers
+from app.services import human_gate, policies, training, workers
 from app.services.errors import Conflict
 from trainer import artifacts, faults, gates
 from trainer.config import (
@@ -231,7 +233,8 @@ class _Round:
             snapshot = run.snapshot if (run.snapshot or {}).get("ids") else None
             reused = snapshot is not None
             if snapshot is None:
-                snapshot = take_snapshot(db, list(run.prompt_set_ids), run.started_at or run.created_at)
+                snapshot = take_snapshot(db, list(run.prompt_set_ids), run.started_at or run.created_at,
+                                         include_judgments=cfg.rm.include_evaluations)
                 workers.update_run(db, self.lease, snapshot=snapshot)
             sampling = round_sampling(db, list(run.prompt_set_ids))
             given_config = dict(run.config or {})
@@ -258,7 +261,8 @@ class _Round:
         self.control.log(
             f"{'reusing the snapshot of an earlier attempt' if reused else 'snapshot'}: "
             f"{counts['rankings']} rankings, {counts['demonstrations']} demonstrations, "
-            f"{counts['prompts_train']} train / {counts['prompts_validation']} validation prompts "
+            + (f"{counts['judgments']} evaluation judgments (rm_include_evaluations), " if "judgments" in counts else "")
+            + f"{counts['prompts_train']} train / {counts['prompts_validation']} validation prompts "
             f"(sha256 {snapshot['sha256'][:12]}); sampling as the set: temperature "
             f"{job.cfg.ppo.temperature:g}, {job.cfg.ppo.max_new_tokens} new tokens"
         )
@@ -425,6 +429,8 @@ class _Round:
             f"rm: {usable} training rankings, {len(data.rm_val)} held out ({data.rm_val_source}), "
             f"at most {cfg.epochs} epochs of {steps_per_epoch} steps (patience {cfg.patience}); start: {init}"
             + (f"; {data.rankings_without_pairs} without a pair left out" if data.rankings_without_pairs else "")
+            + (f"; {data.evaluation_pairs} of the training rankings are evaluation judgments" if data.evaluation_pairs
+               else "")
         )
         metrics = train_reward_model(
             rm, self.tokenizer, data.rm_train, data.rm_val, cfg, keep_start_if_better=init.startswith("reward_models/"),
@@ -745,10 +751,11 @@ class _Round:
             # An RM that failed its gate cannot judge the policy: only the KL budget applies.
             evaluation = {k: v for k, v in evaluation.items() if k not in ("score_deltas", "wins")}
         checks = gates.deploy_gates(evaluation, job.cfg.deploy)
-        refused = gates.refusal(checks)
+        human = job.cfg.human_eval.enabled  # humans judge it instead of the RM; the KL budget still applies
+        refused = gates.refusal([g for g in checks if g.name == "kl_from_parent"] if human else checks)
         self.gates["deploy"] = {
             "checks": [g.as_dict() for g in checks], "passed": not refused, "requested": job.deploy,
-            "force": job.deploy_force,
+            "force": job.deploy_force, **({"judged_by": "humans"} if human else {}),
         }
         if job.deploy_force:
             return True, " (deploy: force" + (f", despite: {refused})" if refused else ")")
@@ -756,7 +763,7 @@ class _Round:
             return False, ("; the deploy gate would refuse it: " + refused) if refused else ""
         if refused:
             return False, f"; not deployed: {refused}"
-        return True, ""
+        return not human, ""  # evaluate_with_humans: the verdict deploys it (app/services/human_gate.py)
 
     def _promote(self, model: Any, job: _Job, evaluation: dict[str, Any], rm_id: int | None) -> RoundResult:
         from trainer.policy_io import save_policy_atomic
@@ -800,6 +807,12 @@ class _Round:
                     metrics=policy_metrics, base=job.base.base, training_run_id=self.run_id,
                 )
                 note = gate_note
+                human_note = ""
+                if job.cfg.human_eval.enabled:
+                    human, human_note = human_gate.open_for_round(
+                        db, run, policy, job.base.id, **_human_deploy(job, self.gates["deploy"]["passed"])
+                    )
+                    run_metrics.setdefault("gates", {})["human"] = self.gates["human"] = human
                 if deploy:
                     actor = db.get(User, job.created_by_id) if job.created_by_id else None
                     try:
@@ -807,9 +820,9 @@ class _Round:
                         note = "; deployed" + gate_note
                     except Conflict as exc:
                         note = f"; not deployed: {exc.message}"
-                elif job.deploy:
+                elif job.deploy and not job.cfg.human_eval.enabled:
                     note += f" (v{job.base.version} stays deployed; an admin can still deploy v{version} by hand)"
-                summary += note
+                summary += note + human_note
                 run_metrics["summary"] = summary
                 run_metrics["deployed"] = bool(deploy and note.startswith("; deployed"))
                 workers.finish_run(db, self.lease, "succeeded", progress=1.0, policy_id=policy.id, metrics=run_metrics)
@@ -965,6 +978,17 @@ def _lost(control: RunControl) -> RoundResult:
 
 
 # ------------------------------------------------------------------------------ utils
+
+
+def _human_deploy(job: _Job, gate_passed: bool) -> dict[str, Any]:
+    """Whether the human verdict deploys the new policy, and why not otherwise."""
+    if job.deploy_force:
+        return {"deploy_on_verdict": False, "held_back": "deployed already (deploy: force)"}
+    if not job.deploy:
+        return {"deploy_on_verdict": False, "held_back": "the round did not ask to deploy"}
+    if not gate_passed:
+        return {"deploy_on_verdict": False, "held_back": "the KL budget refused it"}
+    return {"deploy_on_verdict": True}
 
 
 def _lineage(db: Any, policy: Policy) -> list[Policy]:

@@ -31,6 +31,14 @@ def register(app: typer.Typer) -> None:
         idle_timeout: Annotated[
             float, typer.Option(help="seconds a labeler waits for the sampler without getting a task")
         ] = 900.0,
+        evaluate: Annotated[
+            bool,
+            typer.Option(
+                "--evaluate",
+                help="after the rounds, a blind human-style evaluation of the first policy against the last one by "
+                "the simulated labelers (leaderboard beside the preference's scores; evaluation.json in --out)",
+            ),
+        ] = False,
     ) -> None:
         """Label -> train -> deploy -> label again, with a scripted preference; prints a per-round table."""
         from rich.table import Table
@@ -86,6 +94,33 @@ def register(app: typer.Typer) -> None:
         csv_path = write_csv(rows, out / "simulation.csv")
         png_path = write_plot(rows, out / "simulation.png", preference)
         console.print(f"wrote {csv_path}" + (f" and {png_path}" if png_path else ""))
+        if evaluate and failed is None:
+            from app.simulation.compare import evaluation_table
+
+            first, last = rows[0], rows[-1]
+            if first.policy_id == last.policy_id:
+                console.print(f"only v{first.policy_version} was labeled: nothing to evaluate it against")
+            else:
+                console.print(f"human-style evaluation of v{first.policy_version} against v{last.policy_version}")
+                try:
+                    result = sim.evaluate([first.policy_id, last.policy_id])
+                except (ValueError, RuntimeError, TimeoutError, ApiError, httpx.HTTPError) as exc:
+                    failed = exc
+                else:
+                    header, *body = evaluation_table(result)
+                    t = Table(title=f"blind evaluation {result['evaluation_id']} by simulated labelers")
+                    for h in header:
+                        t.add_column(h)
+                    for r in body:
+                        t.add_row(*r)
+                    console.print(t)
+                    console.print(
+                        "the leaderboard's order " + ("agrees" if result["agrees"] else "does NOT agree")
+                        + f" with the '{preference}' scores"
+                    )
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / "evaluation.json").write_text(json.dumps(result, indent=2, default=str))
+                    console.print(f"wrote {out / 'evaluation.json'}")
         if failed is not None:
             err_console.print(f"[red]error:[/red] {failed}")
             raise typer.Exit(1)

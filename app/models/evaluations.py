@@ -44,6 +44,8 @@ class Evaluation(Base):
     status: Mapped[str] = mapped_column(String(16), default="sampling", index=True)
     seed: Mapped[int] = mapped_column(Integer, default=0)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # the round (``evaluate_with_humans``) whose new policy waits for this evaluation's verdict
+    training_run_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

@@ -76,6 +76,9 @@ class EvaluationOut(BaseModel):
     judgments: int
     leased: int = Field(description="compare tasks leased right now")
     missing_samples: int = Field(description="samples the sampler still has to write")
+    training_run_id: int | None = Field(
+        default=None, description="the round (evaluate_with_humans) whose new policy waits for this verdict"
+    )
     created_at: datetime
 
 

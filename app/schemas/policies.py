@@ -3,9 +3,36 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class HumanVerdictOut(BaseModel):
+    """The human verdict on a policy against its parent, beside the RM's reading."""
+
+    evaluation_id: int
+    evaluation_name: str
+    evaluation_status: str
+    from_round: bool = Field(description="the evaluation the policy's own round opened (evaluate_with_humans)")
+    parent_policy_id: int
+    threshold: float
+    comparisons: int
+    wins: int
+    losses: int
+    ties: int
+    both_bad: int
+    win_rate: float | None = Field(description="the humans' win rate of the policy against its parent (ties half)")
+    win_rate_interval: list[float] | None = Field(description="95% Wilson interval")
+    slots: int
+    complete: bool
+    verdict: Literal["better", "worse", "undecided", "no_data"]
+    at_least_as_good: bool
+    rm_win_rate: float | None = Field(description="the round's win rate against the parent under the reward model")
+    rm_score_delta: float | None = Field(description="mean RM score of the policy minus its parent's")
+    agreement: Literal["agree", "disagree"] | None = Field(
+        description="whether the humans' decided verdict and the RM's win rate point the same way"
+    )
 
 
 class PolicyOut(BaseModel):
@@ -23,3 +50,6 @@ class PolicyOut(BaseModel):
     error: str | None = None
     created_at: datetime
     deployed_at: datetime | None = None
+    human_verdict: HumanVerdictOut | None = Field(
+        default=None, description="the human verdict against the parent, when an evaluation compares the two"
+    )

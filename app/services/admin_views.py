@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Completion, Policy, Prompt, PromptSet
 from app.models.prompts import PROMPT_SET_STATUSES, SPLITS
-from app.services import audit_view, exports, policies, prompt_sets, stats, training, workers
+from app.services import audit_view, evaluations, exports, policies, prompt_sets, stats, training, workers
 from app.services.rankings import positions
 
 PROMPTS_PER_PAGE = 25
@@ -137,4 +137,5 @@ def policies_page(db: Session) -> dict[str, Any]:
         "lineage": lineage(items),
         "versions": {p.id: p.version for p in items},
         "deployed": policies.deployed_policy(db),
+        "verdicts": evaluations.policy_verdicts(db, items),
     }

@@ -44,6 +44,7 @@ from app.models import (
     User,
 )
 from app.models.base import utcnow
+from app.services import human_gate
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.evaluations import get_evaluation, slots_taken
 from app.services.submissions import LIKERT_MAX, LIKERT_MIN, MAX_COMMENT_CHARS, undo_deadline
@@ -421,6 +422,8 @@ def submit_comparison(
     task.status = "submitted"
     task.submitted_at = now
     db.flush()
+    # The judgment that completes a round's human evaluation settles its deploy gate.
+    human_gate.settle(db, link.evaluation_id)
     return row, True
 
 

@@ -262,6 +262,10 @@ def set_status(db: Session, actor: User | None, ev: Evaluation, status: str) -> 
     ev.status = status
     audit.record(db, actor, "evaluation.status", "evaluation", ev.id, status=status)
     db.flush()
+    if status == "closed":  # closing a round's evaluation gives its verdict with the judgments so far
+        from app.services import human_gate
+
+        human_gate.settle(db, ev.id)
     return ev
 
 
@@ -328,6 +332,7 @@ def evaluation_view(db: Session, ev: Evaluation) -> dict[str, Any]:
         "judgments": judgments,
         "leased": leased,
         "missing_samples": missing,
+        "training_run_id": ev.training_run_id,
         "created_at": ev.created_at,
     }
 
@@ -459,7 +464,10 @@ def judgment_records(db: Session, evaluation_id: int, batch: int = 500) -> Itera
     last = 0
     while True:
         rows = db.execute(
-            select(ComparisonJudgment, CompareTask, Prompt, User.username, EvaluationComparison.gold_outcome)
+            select(
+                ComparisonJudgment, CompareTask, Prompt, User.username, EvaluationComparison.gold_outcome,
+                EvaluationComparison.sample_index,
+            )
             .join(CompareTask, CompareTask.task_id == ComparisonJudgment.task_id)
             .join(Prompt, Prompt.id == ComparisonJudgment.prompt_id)
             .join(User, User.id == ComparisonJudgment.labeler_id)
@@ -476,12 +484,13 @@ def judgment_records(db: Session, evaluation_id: int, batch: int = 500) -> Itera
             return
         sample_ids = {ct.sample_a_id for _, ct, *_ in rows} | {ct.sample_b_id for _, ct, *_ in rows}
         texts = dict(db.execute(select(EvaluationSample.id, EvaluationSample.text).where(EvaluationSample.id.in_(sample_ids))).all())
-        for j, ct, prompt, username, gold_outcome in rows:
+        for j, ct, prompt, username, gold_outcome, sample_index in rows:
             last = j.id
             yield {
                 "evaluation_id": evaluation_id,
                 "judgment_id": j.id,
                 "comparison_id": j.comparison_id,
+                "sample_index": sample_index,
                 "prompt_id": prompt.id,
                 "prompt": prompt.display_text,
                 "completion_a": texts.get(ct.sample_a_id, ""),
@@ -497,3 +506,52 @@ def judgment_records(db: Session, evaluation_id: int, batch: int = 500) -> Itera
                 "gold": gold_outcome is not None,
                 "created_at": j.created_at.isoformat(),
             }
+
+
+# --- the policies page: each version's human verdict beside its RM evaluation ------------
+
+
+def policy_verdicts(db: Session, policies: Sequence[Policy]) -> dict[int, dict[str, Any]]:
+    """Per policy with a parent: the human verdict on it against its parent, from the
+    evaluation its own round opened (``evaluate_with_humans``, with that round's threshold)
+    or else the newest evaluation that compares the two (threshold 0.5), beside the RM's
+    reading from the round (``rm_win_rate``, ``rm_score_delta``). ``agreement`` is
+    ``agree`` / ``disagree`` when the humans decided (better or worse) and the RM's win
+    rate leans one way, else None."""
+    from app.models import TrainingRun
+
+    evs = list_evaluations(db)  # newest first
+    out: dict[int, dict[str, Any]] = {}
+    for policy in policies:
+        if policy.parent_id is None:
+            continue
+        pair = {policy.id, policy.parent_id}
+        candidates = [ev for ev in evs if pair <= set(ev.policy_ids)]
+        if not candidates:
+            continue
+        own = [ev for ev in candidates if policy.training_run_id and ev.training_run_id == policy.training_run_id]
+        ev = (own or candidates)[0]
+        threshold = 0.5
+        if own:
+            run = db.get(TrainingRun, policy.training_run_id)
+            gate = (((run.metrics or {}) if run else {}).get("gates") or {}).get("human") or {}
+            threshold = float(gate.get("threshold", 0.5))
+        found = verdict(db, ev.id, policy.id, policy.parent_id, threshold=threshold)
+        metrics = policy.metrics or {}
+        rm_rate = metrics.get("win_rate")
+        rm_rate = float(rm_rate) if isinstance(rm_rate, int | float) else None
+        new, prev = metrics.get("mean_score_new"), metrics.get("mean_score_prev")
+        delta = float(new) - float(prev) if isinstance(new, int | float) and isinstance(prev, int | float) else None
+        agreement = None
+        if rm_rate is not None and rm_rate != 0.5 and found["verdict"] in ("better", "worse"):
+            agreement = "agree" if (found["verdict"] == "better") == (rm_rate > 0.5) else "disagree"
+        out[policy.id] = {
+            **found,
+            "evaluation_name": ev.name,
+            "evaluation_status": ev.status,
+            "from_round": bool(own),
+            "rm_win_rate": rm_rate,
+            "rm_score_delta": delta,
+            "agreement": agreement,
+        }
+    return out

@@ -194,7 +194,12 @@ def gate_lines(run: TrainingRun) -> list[str]:
             (c.get("reason") if not c.get("passed") and c.get("reason") else _figure(c.get("name", "check"), c))
             for c in deploy.get("checks") or []
         )
-        lines.append(f"deploy gate {verdict}: {checks}")
+        lines.append(f"deploy gate {verdict}: {checks}" + (
+            " (score and win rate advisory: humans judge)" if deploy.get("judged_by") == "humans" else ""))
+    human = found.get("human")
+    if human:
+        where = f" (evaluation {human['evaluation_id']})" if human.get("evaluation_id") else ""
+        lines.append(f"human gate {human.get('status', 'pending')}{where}: {human.get('reason') or ''}".rstrip(": "))
     return lines
 
 

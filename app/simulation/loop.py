@@ -97,21 +97,16 @@ class Simulation:
 
     def evaluate(self, policy_ids: list[int], name: str | None = None, overlap: int = 1) -> dict[str, Any]:
         """A blind human-style evaluation of ``policy_ids`` on the set's validation split by
-        fresh simulated labelers (their preference, with ``flip_prob`` noise); returns the
-        leaderboard (app/simulation/compare.py)."""
-        from app.simulation.compare import run_evaluation
+        fresh simulated labelers (their preference, with ``flip_prob`` noise): the result of
+        :func:`app.simulation.compare.simulate_evaluation` (leaderboard, the preference's mean
+        score of each policy's compared samples, and whether the two orders agree)."""
+        from app.simulation.compare import simulate_evaluation
 
-        labelers = self._labelers(0)
-        try:
-            return run_evaluation(
-                self.admin, labelers, self.preference,
-                name=name or f"simulated {'/'.join(map(str, policy_ids))} {secrets.token_hex(3)}",
-                policy_ids=policy_ids, prompt_set_ids=[self.prompt_set["id"]], overlap=overlap,
-                flip_prob=self.cfg.flip_prob, seed=self.cfg.seed, timeout_s=self.cfg.idle_timeout_s,
-            )
-        finally:
-            for client in labelers:
-                client.close()
+        return simulate_evaluation(
+            self.cfg.url, self.cfg.token, policy_ids, self.prompt_set["id"], labelers=self.cfg.labelers,
+            preference=self.preference, flip_prob=self.cfg.flip_prob, overlap=overlap, name=name,
+            seed=self.cfg.seed, timeout_s=self.cfg.idle_timeout_s, poll_s=self.cfg.poll_s,
+        )
 
     # --- labeling ----------------------------------------------------------------------
     def _labelers(self, round_no: int) -> list[StudioClient]:
