@@ -269,6 +269,9 @@ def test_upgrade_from_the_first_revision_keeps_every_row(first_revision_url: str
             (4, "rank", 2): (True, 0, 0, 0),  # unlabeled, K ready of the deployed policy
             (1, "demonstrate", 0): (True, 1, 0, 1),  # task 4; prompt 1 wants demonstrations
         }, slots
+        totals = {(r["kind"], r["policy_id"]): (r["served"], r["open"]) for r in _read(engine, "slot_totals").values()}
+        # served rows and those with a free slot (overlap 2) per policy; regular prompts 1, 2, 4
+        assert totals == {("rank", 2): (2, 2), ("demonstrate", 0): (1, 1), ("prompts", 0): (3, 0)}, totals
     finally:
         engine.dispose()
 

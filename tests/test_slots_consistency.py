@@ -8,6 +8,8 @@ After each step (``_check``):
 - the served rank pair of each prompt is the one app/services/serving.py's rule names,
   recomputed here in Python from completions and policies (gold prompts: none), and a
   prompt's demonstrate row is served exactly when it wants demonstrations;
+- ``slot_totals`` (served and open rows per policy, regular prompts) equal a count of
+  the slots rows and prompts;
 - what a claim would find open for each labeler (after it marks lapsed leases expired)
   equals the open prompts the scanning query of the previous claim code finds.
 """
@@ -22,7 +24,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db import transact
-from app.models import Completion, Policy, Prompt, PromptSet, Slot, Task, User
+from app.models import Completion, Policy, Prompt, PromptSet, Slot, SlotTotals, Task, User
 from app.models.base import utcnow
 from app.services import claims, policies, requeue, submissions
 from app.services.errors import Conflict
@@ -91,6 +93,19 @@ def _check(database, ps_id: int, user_ids: list[int], now: datetime, step: str) 
         wants = set(db.scalars(select(Prompt.id).where(Prompt.wants_demonstration.is_(True))))
         served_demo = {s.prompt_id for s in slots.values() if s.kind == "demonstrate" and s.served}
         assert served_demo == wants, step
+        want_totals: Counter[tuple[str, int, str]] = Counter()
+        for s in slots.values():
+            if s.served:
+                want_totals[(s.kind, s.policy_id, "served")] += 1
+                want_totals[(s.kind, s.policy_id, "open")] += int(s.taken < ps.overlap)
+        want_totals[("prompts", 0, "served")] = len(
+            db.scalars(select(Prompt.id).where(Prompt.prompt_set_id == ps_id, Prompt.is_gold.is_(False))).all()
+        )
+        got_totals: Counter[tuple[str, int, str]] = Counter()
+        for t in db.scalars(select(SlotTotals).where(SlotTotals.prompt_set_id == ps_id)):
+            got_totals[(t.kind, t.policy_id, "served")] += t.served
+            got_totals[(t.kind, t.policy_id, "open")] += t.open
+        assert +got_totals == +want_totals, f"{step}: slot_totals {dict(got_totals)} != {dict(want_totals)}"
         db.rollback()
 
         # What a claim sees (it marks lapsed leases expired first) is what the scan sees.

@@ -8,7 +8,7 @@ from app.models.evaluations import (
     EvaluationComparison,
     EvaluationSample,
 )
-from app.models.labeling import FLAGS, TASK_KINDS, Demonstration, Ranking, Slot, SubmissionStatus, Task, TaskStatus
+from app.models.labeling import FLAGS, TASK_KINDS, Demonstration, Ranking, Slot, SlotTotals, SubmissionStatus, Task, TaskStatus
 from app.models.policies import Completion, Policy, RewardModel
 from app.models.prompts import DEFAULT_SAMPLING, SPLITS, Prompt, PromptSet, PromptSetStatus
 from app.models.training import AuditLog, RunLog, RunMetric, TrainingRun, Worker
@@ -40,6 +40,7 @@ __all__ = [
     "RunLog",
     "RunMetric",
     "Slot",
+    "SlotTotals",
     "SubmissionStatus",
     "Task",
     "TaskStatus",

@@ -132,7 +132,6 @@ class Slot(Base):
     __tablename__ = "slots"
     __table_args__ = (
         UniqueConstraint("prompt_id", "kind", "policy_id", name="uq_slots_pair"),
-        Index("ix_slots_claim", "prompt_set_id", "kind", "served", sql_text("taken DESC"), "prompt_id"),
         Index("ix_slots_lapse", "prompt_set_id", "next_lapse"),
     )
 
@@ -146,3 +145,23 @@ class Slot(Base):
     leased: Mapped[int] = mapped_column(Integer, default=0)  # tasks leased (live or lapsed, not yet expired)
     taken: Mapped[int] = mapped_column(Integer, default=0)  # submitted + leased
     next_lapse: Mapped[datetime | None] = mapped_column(UTCDateTime())  # <= the earliest lease expiry
+
+
+# The claim's index: open rows of a set in claiming order (taken DESC, then prompt id).
+Index("ix_slots_claim", Slot.prompt_set_id, Slot.kind, Slot.served, Slot.taken.desc(), Slot.prompt_id)
+
+
+class SlotTotals(Base):
+    """Per (prompt set, kind, policy): the served slots rows and those with a free slot
+    (``open``); kind ``prompts`` holds the set's regular (non-gold) prompts in ``served``.
+    Kept by triggers (migration 0007); the labeler's progress reads them."""
+
+    __tablename__ = "slot_totals"
+    __table_args__ = (UniqueConstraint("prompt_set_id", "kind", "policy_id", name="uq_slot_totals_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    policy_id: Mapped[int] = mapped_column(Integer)
+    served: Mapped[int] = mapped_column(Integer, default=0)
+    open: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,18 +1,23 @@
 """Claiming a task: which prompt a labeler gets next, race-free on both backends.
 
 The claimer's own live lease comes back first, then a lapsed one whose slot is still free
-(app/services/leases.py); otherwise a new task on the first open prompt. Open means: the
-prompt has a free slot this labeler is not kept off (app/services/slots.py) and, for
-ranking, a served policy with K ready completions (app/services/serving.py). Prompts that
-others have started come first, so overlapping judgements complete, then by id. Gold
-prompts are mixed in at ``gold_rate`` and served once per labeler whatever the policy.
+(app/services/leases.py); otherwise a new task on the first open pair of the slots table
+(app/services/slots.py): served now (for ranking: the policy app/services/serving.py
+picks, with K ready completions), ``taken < overlap``, and not kept off for this labeler.
+Pairs that others have started come first, so overlapping judgements complete, then by
+prompt id. Gold prompts are mixed in at ``gold_rate`` and served once per labeler
+whatever the policy (a query over the set's gold prompts, which are few).
 
 On PostgreSQL the claimer locks its own user row (so one labeler's parallel requests are
-serialised), then a candidate prompt row with ``SELECT ... FOR NO KEY UPDATE SKIP
-LOCKED`` (the ``FOR UPDATE`` strength that does not block foreign-key inserts such as new
-completions), and recounts the slots in a fresh statement while holding the lock before
-it inserts the task. On SQLite the whole claim is one ``BEGIN IMMEDIATE`` write
-transaction. Run :func:`next_task` inside :func:`app.db.transact`.
+serialised), marks the set's lapsed leases expired, then locks the first open slots row
+with ``SELECT ... FOR UPDATE SKIP LOCKED`` and inserts the task; the row's counters are
+kept by triggers, so the locked row needs no recount. On SQLite the whole claim is one
+``BEGIN IMMEDIATE`` write transaction. Run :func:`next_task` inside
+:func:`app.db.transact`.
+
+:func:`open_prompts` is the scanning form of the same rule (it counts tasks per prompt);
+claims no longer use it, the consistency test (tests/test_slots_consistency.py) checks
+the slots table against it.
 """
 
 from __future__ import annotations

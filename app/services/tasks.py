@@ -28,6 +28,7 @@ from app.models import (
     Prompt,
     PromptSet,
     Slot,
+    SlotTotals,
     Task,
     TaskStatus,
     User,
@@ -118,35 +119,34 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
     deployed = db.scalar(select(Policy.id).where(Policy.deployed.is_(True)))
     open_row = [S.prompt_set_id == ps.id, S.served.is_(True), S.taken < ps.overlap]
     own = aliased(Task)
+    own_key = case((own.kind == "rank", func.coalesce(own.policy_id, 0)), else_=0)
     kept_off = (
-        select(S.kind, S.policy_id, func.count())
-        .join(own, and_(own.prompt_id == S.prompt_id, own.kind == S.kind))
+        select(own.kind, own_key, func.count())
         .where(
-            *open_row,
             own.labeler_id == user.id,
             own.prompt_set_id == ps.id,
-            case((own.kind == "rank", func.coalesce(own.policy_id, 0)), else_=0) == S.policy_id,
             or_(own.status.in_(("submitted", "skipped", "requeued")), and_(own.status == "leased", own.lease_expires_at > now)),
+            exists().where(S.prompt_id == own.prompt_id, S.kind == own.kind, S.policy_id == own_key, *open_row),
         )
-        .group_by(S.kind, S.policy_id)
+        .group_by(own.kind, own_key)
     )
     kept: dict[tuple[str, int], int] = {(k, pol): n for k, pol, n in db.execute(kept_off)}
-    open_by: dict[tuple[str, int], int] = {
-        (k, pol): n
-        for k, pol, n in db.execute(select(S.kind, S.policy_id, func.count()).where(*open_row).group_by(S.kind, S.policy_id))
+    totals = {
+        (k, pol): (served, n_open)
+        for k, pol, served, n_open in db.execute(
+            select(SlotTotals.kind, SlotTotals.policy_id, SlotTotals.served, SlotTotals.open).where(
+                SlotTotals.prompt_set_id == ps.id
+            )
+        )
     }
-    left = {key: n - kept.get(key, 0) for key, n in open_by.items()}
+    left = {key: n_open - kept.get(key, 0) for key, (_, n_open) in totals.items() if key[0] != "prompts"}
     rank_left = sum(n for (k, _), n in left.items() if k == "rank")
     demo_left = sum(n for (k, _), n in left.items() if k == "demonstrate")
-
-    regular = db.scalar(
-        select(func.count(Prompt.id)).where(Prompt.prompt_set_id == ps.id, Prompt.is_gold.is_(False))
-    ) or 0
-    served_of = select(func.count(S.id)).where(S.prompt_set_id == ps.id, S.kind == "rank", S.served.is_(True))
+    regular = totals.get(("prompts", 0), (0, 0))[0]
     if deployed is None:
-        waiting = regular - (db.scalar(served_of) or 0)
+        waiting = regular - sum(served for (k, _), (served, _) in totals.items() if k == "rank")
     else:
-        served_deployed = db.scalar(served_of.where(S.policy_id == deployed)) or 0
+        served_deployed = totals.get(("rank", deployed), (0, 0))[0]
         open_elsewhere = sum(n for (k, pol), n in left.items() if k == "rank" and pol != deployed)
         waiting = regular - served_deployed - open_elsewhere
 
@@ -175,11 +175,7 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
             ),
         )
     )
-    offers_demos = ps.demonstration_share > 0 or bool(
-        db.scalar(
-            select(S.id).where(S.prompt_set_id == ps.id, S.kind == "demonstrate", S.served.is_(True)).limit(1)
-        )
-    )
+    offers_demos = ps.demonstration_share > 0 or totals.get(("demonstrate", 0), (0, 0))[0] > 0
     return ProgressOut(
         prompt_set_id=ps.id,
         name=ps.name,

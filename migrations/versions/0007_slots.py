@@ -16,6 +16,13 @@ The triggers are the whole contract (app/services/slots.py explains the columns)
   completions a rank task shows now (the rule of app/services/serving.py) and the
   demonstrate row of a prompt that wants demonstrations.
 
+- ``slot_totals`` per (prompt set, kind, policy): ``served`` rows and the served rows with a
+  free slot (``open``: ``taken < overlap``), and (kind ``prompts``) the set's regular
+  prompts, so a labeler's progress reads a few rows instead of counting the set. On
+  PostgreSQL the slots trigger that keeps them is deferred to commit, so that every claim
+  takes its slots row lock before this shared row's and holds the latter only while it
+  commits.
+
 SQLite's batch mode recreates a table and drops its triggers: a later migration that
 alters ``tasks``, ``completions``, ``policies``, ``prompts`` or ``prompt_sets`` in batch
 mode must create them again (:func:`create_triggers`).
@@ -121,13 +128,49 @@ def _task_changed(sqlite: bool) -> str:
     )
 
 
+def _open(r: str) -> str:
+    return (
+        f"(CASE WHEN {r}.served AND {r}.taken < (SELECT overlap FROM prompt_sets WHERE id = {r}.prompt_set_id) "
+        "THEN 1 ELSE 0 END)"
+    )
+
+
+def _served(r: str) -> str:
+    return f"(CASE WHEN {r}.served THEN 1 ELSE 0 END)"
+
+
+def add_totals(set_id: str, kind: str, policy: str, served: str, open_: str) -> str:
+    """SQL: add (served, open) to the totals row of (set, kind, policy), if the set exists."""
+    return f"""INSERT INTO slot_totals (prompt_set_id, kind, policy_id, served, open)
+        SELECT ps.id, {kind}, {policy}, {served}, {open_} FROM prompt_sets ps WHERE ps.id = {set_id}
+        ON CONFLICT (prompt_set_id, kind, policy_id) DO UPDATE SET
+          served = slot_totals.served + excluded.served, open = slot_totals.open + excluded.open"""
+
+
+def slot_totals_delta() -> str:
+    """SQL (OLD and NEW of one slots row; use 0 rows' values for a missing side)."""
+    return add_totals(
+        "NEW.prompt_set_id", "NEW.kind", "NEW.policy_id",
+        f"{_served('NEW')} - {_served('OLD')}", f"{_open('NEW')} - {_open('OLD')}",
+    )
+
+
+RECOUNT_OPEN = """UPDATE slot_totals SET open = (SELECT count(*) FROM slots s
+      WHERE s.prompt_set_id = slot_totals.prompt_set_id AND s.kind = slot_totals.kind
+        AND s.policy_id = slot_totals.policy_id AND s.served AND s.taken < NEW.overlap)
+    WHERE prompt_set_id = NEW.id AND kind IN ('rank', 'demonstrate')"""
+
+
 TRIGGERS = (
     "slots_task_ins", "slots_task_upd", "slots_task_del",
     "slots_completion_ins", "slots_completion_upd", "slots_completion_del",
     "slots_policy_deploy", "slots_prompt_ins", "slots_prompt_upd", "slots_set_k",
+    "totals_slot_ins", "totals_slot_upd", "totals_slot_del", "totals_prompt_ins", "totals_prompt_upd",
+    "totals_prompt_del", "totals_set_overlap",
 )
 FUNCTIONS = ("slots_task_change", "slots_completion_change", "slots_policy_change",
-             "slots_prompt_change", "slots_set_change")
+             "slots_prompt_change", "slots_set_change", "totals_slot_change", "totals_prompt_change",
+             "totals_set_change")
 
 
 def _sqlite_triggers() -> list[str]:
@@ -158,6 +201,19 @@ def _sqlite_triggers() -> list[str]:
             refresh_rank("p.id = NEW.id") + refresh_demonstrate("p.id = NEW.id"),
         ),
         trig("slots_set_k", "UPDATE OF k ON prompt_sets", "OLD.k IS NOT NEW.k", refresh_rank("p.prompt_set_id = NEW.id")),
+        trig("totals_slot_ins", "INSERT ON slots", "NEW.served",
+             [add_totals("NEW.prompt_set_id", "NEW.kind", "NEW.policy_id", "1", _open("NEW"))]),
+        trig("totals_slot_del", "DELETE ON slots", "OLD.served",
+             [add_totals("OLD.prompt_set_id", "OLD.kind", "OLD.policy_id", "-1", f"-{_open('OLD')}")]),
+        trig("totals_slot_upd", "UPDATE OF served, taken ON slots",
+             f"{_served('NEW')} <> {_served('OLD')} OR {_open('NEW')} <> {_open('OLD')}", [slot_totals_delta()]),
+        trig("totals_prompt_ins", "INSERT ON prompts", "NOT NEW.is_gold",
+             [add_totals("NEW.prompt_set_id", "'prompts'", "0", "1", "0")]),
+        trig("totals_prompt_del", "DELETE ON prompts", "NOT OLD.is_gold",
+             [add_totals("OLD.prompt_set_id", "'prompts'", "0", "-1", "0")]),
+        trig("totals_prompt_upd", "UPDATE OF is_gold ON prompts", "OLD.is_gold IS NOT NEW.is_gold",
+             [add_totals("NEW.prompt_set_id", "'prompts'", "0", "CASE WHEN NEW.is_gold THEN -1 ELSE 1 END", "0")]),
+        trig("totals_set_overlap", "UPDATE OF overlap ON prompt_sets", "OLD.overlap IS NOT NEW.overlap", [RECOUNT_OPEN]),
     ]
 
 
@@ -189,8 +245,39 @@ def _pg_triggers() -> list[str]:
     )
     prompt_fn = _pg_function("slots_prompt_change", stmts(refresh_rank("p.id = NEW.id") + refresh_demonstrate("p.id = NEW.id")))
     set_fn = _pg_function("slots_set_change", stmts(refresh_rank("p.prompt_set_id = NEW.id")))
+    totals_slot_fn = _pg_function("totals_slot_change", [
+        "IF TG_OP = 'INSERT' THEN "
+        + add_totals("NEW.prompt_set_id", "NEW.kind", "NEW.policy_id", _served("NEW"), _open("NEW")) + "; "
+        "ELSIF TG_OP = 'DELETE' THEN "
+        + add_totals("OLD.prompt_set_id", "OLD.kind", "OLD.policy_id", f"-{_served('OLD')}", f"-{_open('OLD')}") + "; "
+        f"ELSIF {_served('NEW')} <> {_served('OLD')} OR {_open('NEW')} <> {_open('OLD')} THEN "
+        + slot_totals_delta() + "; END IF;",
+    ])
+    totals_prompt_fn = _pg_function("totals_prompt_change", [
+        "IF TG_OP = 'INSERT' AND NOT NEW.is_gold THEN "
+        + add_totals("NEW.prompt_set_id", "'prompts'", "0", "1", "0") + "; "
+        "ELSIF TG_OP = 'DELETE' AND NOT OLD.is_gold THEN "
+        + add_totals("OLD.prompt_set_id", "'prompts'", "0", "-1", "0") + "; "
+        "ELSIF TG_OP = 'UPDATE' AND OLD.is_gold IS DISTINCT FROM NEW.is_gold THEN "
+        + add_totals("NEW.prompt_set_id", "'prompts'", "0", "CASE WHEN NEW.is_gold THEN -1 ELSE 1 END", "0")
+        + "; END IF;",
+    ])
+    totals_set_fn = _pg_function("totals_set_change", [RECOUNT_OPEN + ";"])
     return [
-        task_fn, completion_fn, policy_fn, prompt_fn, set_fn,
+        task_fn, completion_fn, policy_fn, prompt_fn, set_fn, totals_slot_fn, totals_prompt_fn, totals_set_fn,
+        # deferred to commit: the shared totals row is locked last and briefly
+        "CREATE CONSTRAINT TRIGGER totals_slot_ins AFTER INSERT ON slots DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION totals_slot_change()",
+        "CREATE CONSTRAINT TRIGGER totals_slot_upd AFTER UPDATE OF served, taken ON slots DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION totals_slot_change()",
+        "CREATE CONSTRAINT TRIGGER totals_slot_del AFTER DELETE ON slots DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION totals_slot_change()",
+        "CREATE TRIGGER totals_prompt_ins AFTER INSERT ON prompts FOR EACH ROW EXECUTE FUNCTION totals_prompt_change()",
+        "CREATE TRIGGER totals_prompt_upd AFTER UPDATE OF is_gold ON prompts FOR EACH ROW "
+        "EXECUTE FUNCTION totals_prompt_change()",
+        "CREATE TRIGGER totals_prompt_del AFTER DELETE ON prompts FOR EACH ROW EXECUTE FUNCTION totals_prompt_change()",
+        "CREATE TRIGGER totals_set_overlap AFTER UPDATE OF overlap ON prompt_sets FOR EACH ROW "
+        "WHEN (OLD.overlap IS DISTINCT FROM NEW.overlap) EXECUTE FUNCTION totals_set_change()",
         "CREATE TRIGGER slots_task_ins AFTER INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION slots_task_change()",
         "CREATE TRIGGER slots_task_upd AFTER UPDATE OF status, lease_expires_at, kind, prompt_id, policy_id ON tasks "
         "FOR EACH ROW EXECUTE FUNCTION slots_task_change()",
@@ -220,7 +307,8 @@ def create_triggers(bind: sa.Connection) -> None:
 
 def drop_triggers(bind: sa.Connection) -> None:
     pg = bind.dialect.name == "postgresql"
-    tables = {"task": "tasks", "completion": "completions", "policy": "policies", "prompt": "prompts", "set": "prompt_sets"}
+    tables = {"task": "tasks", "completion": "completions", "policy": "policies", "prompt": "prompts",
+              "set": "prompt_sets", "slot": "slots"}
     for name in TRIGGERS:
         table = tables[name.split("_")[1]]
         bind.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}" + (f" ON {table}" if pg else ""))
@@ -242,6 +330,18 @@ def backfill(bind: sa.Connection) -> None:
     )
     for sql in refresh_rank("TRUE") + refresh_demonstrate("TRUE"):
         bind.exec_driver_sql(sql)
+    bind.exec_driver_sql(
+        """INSERT INTO slot_totals (prompt_set_id, kind, policy_id, served, open)
+        SELECT s.prompt_set_id, s.kind, s.policy_id, count(*),
+          sum(CASE WHEN s.taken < ps.overlap THEN 1 ELSE 0 END)
+        FROM slots s JOIN prompt_sets ps ON ps.id = s.prompt_set_id WHERE s.served
+        GROUP BY s.prompt_set_id, s.kind, s.policy_id"""
+    )
+    bind.exec_driver_sql(
+        """INSERT INTO slot_totals (prompt_set_id, kind, policy_id, served, open)
+        SELECT p.prompt_set_id, 'prompts', 0, count(*), 0 FROM prompts p WHERE NOT p.is_gold
+        GROUP BY p.prompt_set_id"""
+    )
 
 
 def upgrade() -> None:
@@ -264,6 +364,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_slots")),
         sa.UniqueConstraint("prompt_id", "kind", "policy_id", name="uq_slots_pair"),
     )
+    op.create_table(
+        "slot_totals",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("prompt_set_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("policy_id", sa.Integer(), nullable=False),
+        sa.Column("served", sa.Integer(), nullable=False),
+        sa.Column("open", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["prompt_set_id"], ["prompt_sets.id"], name=op.f("fk_slot_totals_prompt_set_id_prompt_sets"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_slot_totals")),
+        sa.UniqueConstraint("prompt_set_id", "kind", "policy_id", name="uq_slot_totals_key"),
+    )
     op.create_index("ix_slots_claim", "slots", ["prompt_set_id", "kind", "served", sa.text("taken DESC"), "prompt_id"])
     op.create_index("ix_slots_lapse", "slots", ["prompt_set_id", "next_lapse"])
     op.create_index("ix_tasks_set_status_lease", "tasks", ["prompt_set_id", "status", "lease_expires_at"])
@@ -275,4 +390,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     drop_triggers(op.get_bind())
     op.drop_index("ix_tasks_set_status_lease", table_name="tasks")
+    op.drop_table("slot_totals")
     op.drop_table("slots")
