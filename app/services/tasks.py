@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session, aliased
 from app.db import transact
 from app.models import (
     Completion,
-    Demonstration,
     Policy,
     Prompt,
     PromptSet,
