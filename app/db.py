@@ -44,9 +44,18 @@ class Base(DeclarativeBase):
 #: threads than kept connections it opened and closed an overflow connection (a new
 #: PostgreSQL backend) every few requests (docs/benchmarks.md, "Load"). Budget
 #: ``(POOL_SIZE + MAX_OVERFLOW) x processes`` against PostgreSQL's max_connections.
+#:
+#: Sizing (README, "PostgreSQL"): the documented deployment runs ``rlhf serve --workers 2``
+#: against PostgreSQL's default ``max_connections = 100``: 2 x (20 + 10) = 60 for the web
+#: tier leaves 40 for trainer workers, samplers and psql. The web server admits at most
+#: POOL_SIZE requests per process at once (app.main.ConnectionGate); the others wait in the
+#: event loop, holding no connection, for up to REQUEST_WAIT_S before a 503. So a burst of
+#: requests queues instead of exhausting the pool; the overflow is for what runs outside
+#: the gate (the lifespan, background work).
 POOL_SIZE = 20
 MAX_OVERFLOW = 10
 POOL_TIMEOUT_S = 10
+REQUEST_WAIT_S = 30.0
 
 
 def chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:

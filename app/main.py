@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.db import POOL_SIZE, Database
+from app.db import POOL_SIZE, REQUEST_WAIT_S, Database
 from app.deps import LoginRequired
 from app.routes.api import api_router
 from app.routes.pages import pages_router
@@ -65,6 +66,53 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class ConnectionGate:
+    """At most ``limit`` requests of this process work at once; the rest wait here, in the
+    event loop, for at most ``wait_s`` seconds, then get 503 with Retry-After.
+
+    Without it a burst (200 labelers opening their page at the same moment) checked out
+    one pooled connection per request in the dependencies, then queued for a worker
+    thread while holding it, and after POOL_TIMEOUT_S of an exhausted pool answered 503
+    (docs/benchmarks.md). Queued here a request holds nothing. ``limit`` is the pool's
+    size (app/db.py), so a request that gets through always finds a connection. Static
+    files pass freely.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, wait_s: float) -> None:
+        self.app = app
+        self.limit = limit
+        self.wait_s = wait_s
+        self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._loop is not loop:  # a test client runs its own loop
+            self._sem, self._loop = asyncio.Semaphore(self.limit), loop
+        return self._sem
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/static/"):
+            await self.app(scope, receive, send)
+            return
+        sem = self._semaphore()
+        try:
+            await asyncio.wait_for(sem.acquire(), self.wait_s)
+        except TimeoutError:
+            log.warning("request waited %.0f s for a free database connection", self.wait_s)
+            response = JSONResponse(
+                {"detail": "server busy: no database connection free; try again shortly"},
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
+            await response(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            sem.release()
 
 
 def _wants_html(request: Request) -> bool:
@@ -165,6 +213,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             headers={"Retry-After": "2"},
         )
 
+    app.add_middleware(ConnectionGate, limit=POOL_SIZE, wait_s=REQUEST_WAIT_S)
     app.add_middleware(SecurityHeaders)
 
     return app

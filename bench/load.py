@@ -5,8 +5,9 @@ The run is bounded in requests and seconds and talks to 127.0.0.1 only. Afterwar
 database is checked: no prompt has more than `overlap` live or submitted rank tasks, no
 labeler holds a prompt twice, and every acknowledged submission is stored exactly once.
 
-    python bench/load.py                        # 10, 50 and 200 labelers; writes docs/benchmarks.md
-    python bench/load.py --levels 20 --no-docs  # quick look
+    python bench/load.py                        # sets of 2,000 and 50,000 prompts x 10, 50, 200 labelers
+    python bench/load.py --compare ../main      # the same, first against another checkout (before/after)
+    python bench/load.py --sizes '' --levels 20 --no-docs  # the plain load levels, quick look
     python bench/load.py --levels 50 --profile  # py-spy samples of every server worker, top entries
 
 --profile samples the server processes (all uvicorn workers and their threads; only
@@ -22,6 +23,14 @@ seconds into each level (fault injection; it briefly interrupts everything else 
 that server, other people's tests included). Clients retry 503s and connection errors with
 the same payload, and the checks above must still hold; the 503s and their messages are
 counted.
+
+The default run ("Labeling at scale") seeds one set per size with the sampler's
+completions written beforehand, runs every level on it (the labeling work reset in
+between) and reports cycles/s (next + ranking), the server's and PostgreSQL's CPU per
+cycle (/proc of the server processes and of the backends pg_stat_activity lists for the
+bench database), p50/p95/p99 per endpoint, and a burst: every labeler opens /label and
+asks for GET /tasks/progress and GET /me at the same moment. ``--compare DIR`` runs the
+same first with DIR's app/ and migrations/ (e.g. a worktree at main), in the same sitting.
 
 The section of docs/benchmarks.md is rewritten down to the line
 ``<!-- bench/load.py keeps what follows -->``; hand-written analysis below it stays.
@@ -596,6 +605,291 @@ def write_section(title: str, text: str) -> None:
     replace_section(title, text + "\n\n" + KEEP_MARKER + ("\n\n" + kept if kept else ""))
 
 
+# --- labeling at scale: set sizes, CPU per cycle, another checkout to compare -----------
+
+
+def app_python(app_dir: Path, code: str, url: str) -> None:
+    """Run ``code`` (with ``URL`` bound) in ``app_dir``'s checkout (its app/ and migrations/)."""
+    subprocess.run(
+        [sys.executable, "-c", f"URL = {url!r}\n{code}"], cwd=app_dir, check=True,
+        env={**os.environ, "PYTHONPATH": str(app_dir)},
+    )
+
+
+def seed_scale(url: str, labelers: int, prompts: int, k: int, overlap: int) -> tuple[int, list[str], list[str]]:
+    """One prompt set of ``prompts`` prompts with K ready completions each of the deployed
+    policy (the sampler's work done beforehand), ``labelers`` labelers with a token and a
+    browser session each. Core inserts, in batches: seconds for 50,000 prompts. Returns
+    (set id, tokens, signed session cookies)."""
+    from datetime import timedelta
+
+    from itsdangerous import Signer
+    from sqlalchemy import insert
+
+    from app.models import UserSession
+
+    db = Database(url)
+    tokens: list[str] = []
+    cookies: list[str] = []
+    signer = Signer("bench", salt="rlhf-session")
+    password_hash = hash_password(uuid.uuid4().hex)
+    now = utcnow()
+    with db.session() as s:
+        ps = PromptSet(name="scale", k=k, overlap=overlap)
+        s.add(ps)
+        policy = Policy(version=0, artifact_path="policies/v0", deployed=True)
+        s.add(policy)
+        s.flush()
+        for start in range(0, prompts, 5000):
+            s.execute(insert(Prompt), [
+                {"prompt_set_id": ps.id, "text": f"Scale prompt {i}", "split": "train", "content_hash": digest(f"p{i}"),
+                 "meta": {}, "wants_demonstration": False, "is_gold": False, "created_at": now}
+                for i in range(start, min(prompts, start + 5000))
+            ])
+        ids = list(s.scalars(select(Prompt.id).where(Prompt.prompt_set_id == ps.id).order_by(Prompt.id)))
+        for start in range(0, len(ids), 2500):
+            s.execute(insert(Completion), [
+                {"prompt_id": pid, "policy_id": policy.id, "text": f"answer {j} to {pid}", "seed": j, "params": {},
+                 "token_count": 4, "finish_reason": "eos", "gen_time_s": 0.0, "status": "ready", "created_at": now}
+                for pid in ids[start : start + 2500] for j in range(k)
+            ])
+        for i in range(labelers):
+            user = User(username=f"scale{i}", password_hash=password_hash, role="labeler")
+            s.add(user)
+            s.flush()
+            plaintext = f"rlhf_scale_{uuid.uuid4().hex}"
+            s.add(ApiToken(user_id=user.id, name="load", token_hash=digest(plaintext), prefix=plaintext[:12]))
+            tokens.append(plaintext)
+            session_id = uuid.uuid4().hex + uuid.uuid4().hex
+            s.add(UserSession(session_hash=digest(session_id), user_id=user.id, csrf_token=uuid.uuid4().hex,
+                              expires_at=now + timedelta(hours=12)))
+            cookies.append(signer.sign(session_id).decode())
+        set_id = ps.id
+    db.dispose()
+    return set_id, tokens, cookies
+
+
+def reset_work(url: str) -> None:
+    """Forget the labeling work of the previous level (the set and its completions stay)."""
+    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+        conn.execute("DELETE FROM rankings")
+        conn.execute("DELETE FROM tasks")
+        conn.execute("VACUUM ANALYZE")
+
+
+def backend_cpu(url: str, pids: set[int] | None = None) -> tuple[set[int], float]:
+    """(pids, CPU seconds) of the PostgreSQL backends connected to the bench database (from
+    pg_stat_activity and /proc), plus the ``pids`` given (backends seen at the start)."""
+    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+        own = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        found = {
+            int(r[0]) for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> %s", (own,)
+            )
+        }
+    every = found | (pids or set())
+    return every, cpu_seconds(sorted(every))
+
+
+async def burst(base_url: str, set_id: int, tokens: list[str], cookies: list[str]) -> dict[str, list[Sample]]:
+    """Every labeler opens their home page and asks for progress and /me at the same moment."""
+    out: dict[str, list[Sample]] = defaultdict(list)
+    limits = httpx.Limits(max_connections=3, max_keepalive_connections=3)
+    clients = [
+        httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {t}"}, limits=limits, timeout=120,
+                          verify=False)
+        for t in tokens
+    ]
+    pages = [
+        httpx.AsyncClient(base_url=base_url, cookies={"rlhf_session": c}, limits=limits, timeout=120, verify=False,
+                          headers={"Accept": "text/html"})
+        for c in cookies
+    ]
+    perf0 = time.perf_counter()
+
+    async def one(client: httpx.AsyncClient, endpoint: str, url: str) -> None:
+        start = time.perf_counter()
+        try:
+            r = await client.get(url)
+            status = r.status_code
+        except httpx.TransportError:
+            status = 599
+        out[endpoint].append(Sample(endpoint, status, time.perf_counter() - start, start - perf0))
+
+    try:
+        jobs = []
+        for c, page in zip(clients, pages, strict=True):
+            jobs.append(one(page, "GET /label", "/label"))
+            jobs.append(one(c, "GET /tasks/progress", f"/api/v1/tasks/progress?prompt_set_id={set_id}"))
+            jobs.append(one(c, "GET /me", "/api/v1/me"))
+        await asyncio.gather(*jobs)
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients + pages))
+    return out
+
+
+def idle_latency(base_url: str, set_id: int, token: str, cookie: str, n: int = 20) -> dict[str, float]:
+    """Median ms of one request at a time (server and HTTP on this machine)."""
+    res: dict[str, float] = {}
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, verify=False,
+                      timeout=300) as c, \
+            httpx.Client(base_url=base_url, cookies={"rlhf_session": cookie}, verify=False, timeout=300) as page:
+        for endpoint, client, url in (
+            ("GET /tasks/progress", c, f"/api/v1/tasks/progress?prompt_set_id={set_id}"),
+            ("GET /me", c, "/api/v1/me"),
+            ("GET /label", page, "/label"),
+        ):
+            times: list[float] = []
+            for _ in range(n):
+                if sum(times) > 10_000:  # a slow endpoint: enough samples
+                    break
+                start = time.perf_counter()
+                r = client.get(url)
+                times.append((time.perf_counter() - start) * 1000)
+                assert r.status_code == 200, (endpoint, r.status_code, r.text[:200])
+            res[endpoint] = statistics.median(times)
+    return res
+
+
+@dataclass
+class ScaleRun:
+    code: str
+    prompts: int
+    level: LevelResult
+    pg_cpu_s: float = 0.0
+
+    @property
+    def cycles(self) -> int:
+        return len(self.level.acked)
+
+
+def run_scale(args: argparse.Namespace, code: str, app_dir: Path) -> tuple[list[ScaleRun], list[tuple[int, dict, dict]]]:
+    """Every set size and level against one checkout; returns the level runs and, per size,
+    the burst samples and the idle latencies."""
+    runs: list[ScaleRun] = []
+    bursts: list[tuple[int, dict, dict]] = []
+    levels = [int(x) for x in args.levels.split(",")]
+    for size in [int(x) for x in args.sizes.split(",")]:
+        url = create_database(args.pg_url)
+        try:
+            app_python(app_dir, "from app import migrate\nmigrate.upgrade(URL)", url)
+            t_seed = time.time()
+            set_id, tokens, cookies = seed_scale(url, max(levels), size, args.k, args.overlap)
+            print(f"[{code}] seeded {size} prompts in {time.time() - t_seed:.0f} s", flush=True)
+            with psycopg.connect(_libpq(url), autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE")
+            port = free_port()
+            env_dir = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = str(app_dir)
+            try:
+                proc = start_server_in(url, port, args.workers, app_dir)
+            finally:
+                if env_dir is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = env_dir
+            server_pids = _descendants(proc.pid)
+            try:
+                idle = idle_latency(f"http://127.0.0.1:{port}", set_id, tokens[0], cookies[0])
+                print(f"[{code}] {size} prompts, idle ms: {idle}", flush=True)
+                if max(idle.values()) < 1000:  # else the burst would take many minutes: left out
+                    samples = asyncio.run(burst(f"http://127.0.0.1:{port}", set_id, tokens, cookies))
+                else:
+                    samples = {}
+                bursts.append((size, samples, idle))
+                for n in levels:
+                    reset_work(url)
+                    pids0, pg0 = backend_cpu(url)
+                    server0 = cpu_seconds(server_pids)
+                    load0 = os.getloadavg()[0]
+                    res = asyncio.run(drive(f"http://127.0.0.1:{port}", set_id, tokens[:n], args.max_requests,
+                                            args.max_seconds))
+                    res.server_cpu_s = cpu_seconds(server_pids) - server0
+                    _, pg1 = backend_cpu(url, pids0)
+                    res.load_before, res.load_after = load0, os.getloadavg()[0]
+                    res.checks = verify(url, set_id, args.overlap, res)
+                    run = ScaleRun(code, size, res, pg1 - pg0)
+                    runs.append(run)
+                    print(f"[{code}] {size} prompts, {n} labelers: {run.cycles} cycles in {res.seconds:.1f} s = "
+                          f"{run.cycles / res.seconds:.1f}/s; server {1000 * res.server_cpu_s / max(1, run.cycles):.1f} "
+                          f"ms/cycle, PostgreSQL {1000 * run.pg_cpu_s / max(1, run.cycles):.1f} ms/cycle; "
+                          f"load {load0:.1f}; checks {res.checks}", flush=True)
+            finally:
+                stop_server(proc)
+        finally:
+            drop_database(args.pg_url, url)
+    return runs, bursts
+
+
+def start_server_in(url: str, port: int, workers: int, app_dir: Path) -> subprocess.Popen:
+    global REPO_ROOT
+    saved = REPO_ROOT
+    REPO_ROOT = app_dir
+    try:
+        return start_server(url, port, workers)
+    finally:
+        REPO_ROOT = saved
+
+
+def scale_report(args: argparse.Namespace, all_runs: list[ScaleRun], all_bursts: dict[str, list]) -> str:
+    codes = list(dict.fromkeys(r.code for r in all_runs))
+    rows, lat = [], []
+    for r in all_runs:
+        res = r.level
+        c = max(1, r.cycles)
+        base = next((b for b in all_runs if b.code == codes[0] and b.prompts == r.prompts
+                     and b.level.labelers == res.labelers), None)
+        ratio = (
+            f"{(r.cycles / res.seconds) / (base.cycles / base.level.seconds):.2f}x"
+            if base and base.cycles else f"n/a ({codes[0]}: 0 cycles)"
+        )
+        rows.append([r.code, str(r.prompts), str(res.labelers), str(r.cycles), f"{r.cycles / res.seconds:.1f}",
+                     ratio, f"{1000 * res.server_cpu_s / c:.1f}", f"{1000 * r.pg_cpu_s / c:.1f}",
+                     f"{res.load_before:.1f} / {res.load_after:.1f}",
+                     "ok" if not any(res.checks[k] for k in CHECK_KEYS) else str({k: res.checks[k] for k in CHECK_KEYS})])
+        by_endpoint: dict[str, list[float]] = defaultdict(list)
+        for s in res.samples:
+            by_endpoint[s.endpoint].append(s.seconds * 1000)
+        for endpoint, values in sorted(by_endpoint.items()):
+            p50, p95, p99 = percentiles(values)
+            lat.append([r.code, str(r.prompts), str(res.labelers), endpoint, str(len(values)), f"{p50:.0f}",
+                        f"{p95:.0f}", f"{p99:.0f}"])
+    burst_rows = []
+    for code, entries in all_bursts.items():
+        for size, samples, idle in entries:
+            if not samples:
+                for endpoint, ms in sorted(idle.items()):
+                    burst_rows.append([code, str(size), endpoint, f"{ms:.1f}", "-", "not run (idle request over 1 s)",
+                                       "-", "-", "-"])
+            for endpoint, values in sorted(samples.items()):
+                statuses = Counter(s.status for s in values)
+                p50, p95, p99 = percentiles([s.seconds * 1000 for s in values])
+                burst_rows.append([code, str(size), endpoint, f"{idle.get(endpoint, float('nan')):.1f}",
+                                   str(len(values)), ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
+                                   f"{p50:.0f}", f"{p99:.0f}", f"{max(s.seconds for s in values) * 1000:.0f}"])
+    return "\n\n".join([
+        f"Measured {machine_line()}; server `rlhf serve --workers {args.workers}` on PostgreSQL, load generator on "
+        "the same machine (httpx, asyncio, one connection per labeler), K="
+        f"{args.k}, overlap={args.overlap}, the set's completions written beforehand, zero think time, at most "
+        f"{args.max_requests} requests or {args.max_seconds:.0f} s per level, the labeling work reset between "
+        "levels. A cycle = POST /tasks/next + POST /tasks/{id}/ranking. CPU per cycle: the server's processes and "
+        "the PostgreSQL backends serving the bench database (/proc; backends found in pg_stat_activity at the "
+        "start and end of the level), divided by the acknowledged rankings. Ratio: cycles/s against the first "
+        "code measured, same set size and level, same sitting. The machine is shared (load = 1-minute load "
+        "average before / after, 2 cores): absolute numbers move between runs, ratios from one sitting less. "
+        f"Codes: {', '.join(codes)}. Command: `python bench/load.py --sizes {args.sizes} --levels {args.levels}"
+        + (f" --compare {args.compare}" if args.compare else "") + "`.",
+        markdown_table(["code", "prompts", "labelers", "cycles", "cycles/s", "ratio", "server CPU ms/cycle",
+                        "PostgreSQL CPU ms/cycle", "load", "checks"], rows),
+        markdown_table(["code", "prompts", "labelers", "endpoint", "n", "p50 ms", "p95 ms", "p99 ms"], lat),
+        "Every labeler (the top level's number) opens the labeler home page and asks for `GET /api/v1/tasks/progress` "
+        "and `GET /api/v1/me` at the same moment (three requests each, at once); idle ms = the median of up to 20 "
+        "requests one at a time before the burst (the burst is left out where one idle request takes over 1 s):",
+        markdown_table(["code", "prompts", "endpoint", "idle ms", "n", "statuses", "p50 ms", "p99 ms", "max ms"],
+                       burst_rows),
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="10,50,200", help="comma-separated labeler counts")
@@ -609,8 +903,26 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy the server at the first level; print top entries")
     parser.add_argument("--section", default=None, help="docs/benchmarks.md section (default: Load, or Faults with a restart)")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--sizes", default="2000,50000",
+                        help="prompt set sizes (the scale benchmark; --sizes '' runs the plain load levels)")
+    parser.add_argument("--compare", default="",
+                        help="another checkout (e.g. a worktree at main) measured first, in the same sitting")
     args = parser.parse_args()
     section = args.section or ("Faults" if args.restart_postgres_at else "Load")
+    if args.sizes and not args.restart_postgres_at and not args.profile:
+        all_runs: list[ScaleRun] = []
+        all_bursts: dict[str, list] = {}
+        checkouts = ([("before", Path(args.compare).resolve())] if args.compare else []) + [("this", REPO_ROOT)]
+        for code, app_dir in checkouts:
+            runs, bursts = run_scale(args, code, app_dir)
+            all_runs += runs
+            all_bursts[code] = bursts
+        text = scale_report(args, all_runs, all_bursts)
+        print(text)
+        if not args.no_docs:
+            write_section(args.section or "Labeling at scale", text)
+        bad = [r for r in all_runs if r.code == "this" and any(r.level.checks[k] for k in CHECK_KEYS)]
+        sys.exit(1 if bad else 0)
 
     levels = [int(x) for x in args.levels.split(",")]
     if args.profile:

@@ -259,6 +259,21 @@ def test_upgrade_from_the_first_revision_keeps_every_row(first_revision_url: str
                 for column in added:
                     expected = NEW_COLUMNS[(table, column)](row, rows)
                     assert got[column] == expected, f"{table} {row['id']}.{column}: {got[column]!r} != {expected!r}"
+        # 0008: the slots table is filled from the old rows: counters per (prompt, kind,
+        # policy) from the submitted / leased tasks, and the pair a claim serves now.
+        slots = {
+            (r["prompt_id"], r["kind"], r["policy_id"]): (bool(r["served"]), r["submitted"], r["leased"], r["taken"])
+            for r in _read(engine, "slots").values()
+        }
+        assert slots == {
+            (1, "rank", 1): (False, 1, 0, 1),  # task 1; v0's completions of prompt 1 are retired
+            (2, "rank", 2): (True, 1, 0, 1),  # task 2 on the deployed v1, which has K ready
+            (4, "rank", 2): (True, 0, 0, 0),  # unlabeled, K ready of the deployed policy
+            (1, "demonstrate", 0): (True, 1, 0, 1),  # task 4; prompt 1 wants demonstrations
+        }, slots
+        totals = {(r["kind"], r["policy_id"]): (r["served"], r["open"]) for r in _read(engine, "slot_totals").values()}
+        # served rows and those with a free slot (overlap 2) per policy; regular prompts 1, 2, 4
+        assert totals == {("rank", 2): (2, 2), ("demonstrate", 0): (1, 1), ("prompts", 0): (3, 0)}, totals
     finally:
         engine.dispose()
 

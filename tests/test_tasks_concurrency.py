@@ -6,8 +6,11 @@ then submit an abandoned task late). Time is simulated: round r happens at t0 + 
 and leases last 3 minutes, so abandoned leases expire while the others keep claiming.
 After every round the invariants are checked: no prompt has more than ``overlap`` tasks
 that are submitted or hold a live lease, and no labeler holds two live-or-done tasks (or
-two rankings) for one prompt. It runs on SQLite and on PostgreSQL (FOR NO KEY UPDATE SKIP
-LOCKED and the retry on deadlock / serialization failure).
+two rankings) for one prompt. It runs on SQLite and on PostgreSQL (FOR UPDATE SKIP LOCKED
+on the slots rows and the retry on deadlock / serialization failure), on a set of one
+policy and on one with slots of two: the second policy has K completions of every other
+prompt and is deployed halfway through, while labelers claim, so the rank slots of those
+prompts move to it (counted per (prompt, policy) pair).
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ import threading
 from collections import Counter
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from app.models import Prompt, Ranking, Task, User
 from app.models.base import utcnow
-from app.services import submissions, tasks
+from app.services import policies, submissions, tasks
 from app.services.errors import Conflict
 from app.services.users import create_user
-from tests.factories import make_completions, make_prompts, ready_set
+from tests.factories import make_completions, make_policy, make_prompts, ready_set
 
 WORKERS = 20
 ROUNDS = 50
@@ -36,33 +40,48 @@ def _check_invariants(database, set_id: int, now: datetime, round_no: int) -> No
     with database.session() as db:
         gold = set(db.scalars(select(Prompt.id).where(Prompt.is_gold.is_(True))))
         taken = db.execute(
-            select(Task.prompt_id, func.count(Task.id))
+            select(Task.prompt_id, Task.policy_id, func.count(Task.id))
             .where(Task.prompt_set_id == set_id, tasks.takes_slot(now))
-            .group_by(Task.prompt_id)
+            .group_by(Task.prompt_id, Task.policy_id)
         ).all()
-        over = {p: n for p, n in taken if n > OVERLAP and p not in gold}
-        assert not over, f"round {round_no}: prompts over overlap {OVERLAP}: {over}"
+        over = {(p, pol): n for p, pol, n in taken if n > OVERLAP and p not in gold}
+        assert not over, f"round {round_no}: (prompt, policy) pairs over overlap {OVERLAP}: {over}"
         doubled = db.execute(
-            select(Task.labeler_id, Task.prompt_id, func.count(Task.id))
+            select(Task.labeler_id, Task.prompt_id, Task.policy_id, func.count(Task.id))
             .where(tasks.keeps_labeler_off(now))
-            .group_by(Task.labeler_id, Task.prompt_id)
+            .group_by(Task.labeler_id, Task.prompt_id, Task.policy_id)
             .having(func.count(Task.id) > 1)
         ).all()
         assert not doubled, f"round {round_no}: a labeler got a prompt twice: {doubled}"
+        gold_doubled = db.execute(
+            select(Task.labeler_id, Task.prompt_id, func.count(Task.id))
+            .where(tasks.keeps_labeler_off(now), Task.prompt_id.in_(gold))
+            .group_by(Task.labeler_id, Task.prompt_id)
+            .having(func.count(Task.id) > 1)
+        ).all()
+        assert not gold_doubled, f"round {round_no}: a labeler got a gold prompt twice: {gold_doubled}"
         ranked_twice = db.execute(
-            select(Ranking.labeler_id, Ranking.prompt_id, func.count(Ranking.id))
-            .group_by(Ranking.labeler_id, Ranking.prompt_id)
+            select(Ranking.labeler_id, Ranking.prompt_id, Task.policy_id, func.count(Ranking.id))
+            .join(Task, Task.id == Ranking.task_id)
+            .group_by(Ranking.labeler_id, Ranking.prompt_id, Task.policy_id)
             .having(func.count(Ranking.id) > 1)
         ).all()
         assert not ranked_twice, f"round {round_no}: a labeler ranked a prompt twice: {ranked_twice}"
 
 
-def test_twenty_labelers_claiming_at_once_never_overfill_a_prompt(database) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("n_policies", [1, 2])
+def test_twenty_labelers_claiming_at_once_never_overfill_a_prompt(database, n_policies: int) -> None:  # type: ignore[no-untyped-def]
     with database.session() as db:
-        ps, _, policy = ready_set(db, "race", n_prompts=150, k=2, overlap=OVERLAP)
+        ps, prompts, policy = ready_set(db, "race", n_prompts=150, k=2, overlap=OVERLAP)
         for gold in make_prompts(db, ps, [f"gold {i}" for i in range(3)], is_gold=True):
             a, b = make_completions(db, gold, policy, 2)
             gold.gold_ranking = [[a.id], [b.id]]
+        redeploy_to = None
+        if n_policies == 2:
+            second = make_policy(db, deployed=False, artifact_path="policies/v1")
+            for p in prompts[::2]:
+                make_completions(db, p, second, 2)
+            redeploy_to = second.id
         user_ids = [create_user(db, f"racer{i}", "racer-password", "labeler").id for i in range(WORKERS)]
         set_id = ps.id
 
@@ -111,6 +130,9 @@ def test_twenty_labelers_claiming_at_once_never_overfill_a_prompt(database) -> N
         t.start()
     for round_no in range(ROUNDS):
         start.wait(timeout=120)
+        if redeploy_to is not None and round_no == ROUNDS // 2:  # while the labelers claim
+            with database.sessionmaker() as db:
+                tasks.transact(db, lambda: policies.deploy_policy(db, None, redeploy_to))
         end.wait(timeout=120)
         assert not errors, f"round {round_no}: {errors[0]!r}"
         _check_invariants(database, set_id, t0 + timedelta(minutes=round_no), round_no)
@@ -120,11 +142,17 @@ def test_twenty_labelers_claiming_at_once_never_overfill_a_prompt(database) -> N
     with database.session() as db:
         rankings = db.scalar(select(func.count(Ranking.id)))
         per_prompt = Counter(
-            db.scalars(select(Ranking.prompt_id).join(Prompt).where(Prompt.is_gold.is_(False))).all()
+            db.execute(
+                select(Ranking.prompt_id, Task.policy_id)
+                .join(Prompt, Prompt.id == Ranking.prompt_id)
+                .join(Task, Task.id == Ranking.task_id)
+                .where(Prompt.is_gold.is_(False))
+            ).all()
         )
     assert stats["submitted"] == rankings and rankings > 300, stats
     assert max(per_prompt.values()) <= OVERLAP
-    assert stats["empty"] > 0 and stats["skipped"] > 0 and stats["abandoned"] > 0, stats
+    # with two policies the redeploy opens 75 more pairs, so nobody need run out
+    assert (stats["empty"] > 0 or n_policies == 2) and stats["skipped"] > 0 and stats["abandoned"] > 0, stats
 
 
 def _act(db, user: User, task: Task | None, abandoned: set[int], rng: random.Random, now: datetime) -> str:  # type: ignore[no-untyped-def]

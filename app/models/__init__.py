@@ -8,7 +8,7 @@ from app.models.evaluations import (
     EvaluationComparison,
     EvaluationSample,
 )
-from app.models.labeling import FLAGS, TASK_KINDS, Demonstration, Ranking, SubmissionStatus, Task, TaskStatus
+from app.models.labeling import FLAGS, TASK_KINDS, Demonstration, Ranking, Slot, SlotTotals, SubmissionStatus, Task, TaskStatus
 from app.models.policies import Completion, Policy, RewardModel
 from app.models.prompts import DEFAULT_SAMPLING, SPLITS, Prompt, PromptSet, PromptSetStatus
 from app.models.training import AuditLog, RunLog, RunMetric, TrainingRun, Worker
@@ -39,6 +39,8 @@ __all__ = [
     "RewardModel",
     "RunLog",
     "RunMetric",
+    "Slot",
+    "SlotTotals",
     "SubmissionStatus",
     "Task",
     "TaskStatus",

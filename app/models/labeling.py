@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy import text as sql_text
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
@@ -64,6 +64,8 @@ class Task(Base):
         Index("ix_tasks_labeler_status", "labeler_id", "status"),
         # rank slots are counted per (prompt, policy); the sampler groups by prompt for one policy
         Index("ix_tasks_policy_prompt_kind_status", "policy_id", "prompt_id", "kind", "status"),
+        # live leases of a set (the labeler's progress: when a full prompt may open up)
+        Index("ix_tasks_set_status_lease", "prompt_set_id", "status", "lease_expires_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -118,3 +120,48 @@ class Demonstration(Base):
     payload_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=SubmissionStatus.ACTIVE.value)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class Slot(Base):
+    """The slots of one (prompt, kind, policy) pair: how many are taken, and whether a claim
+    serves this pair now. Written only by database triggers (migration 0007), in the same
+    transaction as the task, completion, policy or prompt write that changes them; read by
+    claims and progress (app/services/slots.py). ``policy_id`` is 0 for demonstrate rows
+    (and for rank tasks without a policy)."""
+
+    __tablename__ = "slots"
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "kind", "policy_id", name="uq_slots_pair"),
+        Index("ix_slots_lapse", "prompt_set_id", "next_lapse"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id", ondelete="CASCADE"))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    policy_id: Mapped[int] = mapped_column(Integer)
+    served: Mapped[bool] = mapped_column(Boolean, default=False)
+    submitted: Mapped[int] = mapped_column(Integer, default=0)  # tasks submitted
+    leased: Mapped[int] = mapped_column(Integer, default=0)  # tasks leased (live or lapsed, not yet expired)
+    taken: Mapped[int] = mapped_column(Integer, default=0)  # submitted + leased
+    next_lapse: Mapped[datetime | None] = mapped_column(UTCDateTime())  # <= the earliest lease expiry
+
+
+# The claim's index: open rows of a set in claiming order (taken DESC, then prompt id).
+Index("ix_slots_claim", Slot.prompt_set_id, Slot.kind, Slot.served, Slot.taken.desc(), Slot.prompt_id)
+
+
+class SlotTotals(Base):
+    """Per (prompt set, kind, policy): the served slots rows and those with a free slot
+    (``open``); kind ``prompts`` holds the set's regular (non-gold) prompts in ``served``.
+    Kept by triggers (migration 0007); the labeler's progress reads them."""
+
+    __tablename__ = "slot_totals"
+    __table_args__ = (UniqueConstraint("prompt_set_id", "kind", "policy_id", name="uq_slot_totals_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    policy_id: Mapped[int] = mapped_column(Integer)
+    served: Mapped[int] = mapped_column(Integer, default=0)
+    open: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,18 +1,23 @@
 """Claiming a task: which prompt a labeler gets next, race-free on both backends.
 
 The claimer's own live lease comes back first, then a lapsed one whose slot is still free
-(app/services/leases.py); otherwise a new task on the first open prompt. Open means: the
-prompt has a free slot this labeler is not kept off (app/services/slots.py) and, for
-ranking, a served policy with K ready completions (app/services/serving.py). Prompts that
-others have started come first, so overlapping judgements complete, then by id. Gold
-prompts are mixed in at ``gold_rate`` and served once per labeler whatever the policy.
+(app/services/leases.py); otherwise a new task on the first open pair of the slots table
+(app/services/slots.py): served now (for ranking: the policy app/services/serving.py
+picks, with K ready completions), ``taken < overlap``, and not kept off for this labeler.
+Pairs that others have started come first, so overlapping judgements complete, then by
+prompt id. Gold prompts are mixed in at ``gold_rate`` and served once per labeler
+whatever the policy (a query over the set's gold prompts, which are few).
 
 On PostgreSQL the claimer locks its own user row (so one labeler's parallel requests are
-serialised), then a candidate prompt row with ``SELECT ... FOR NO KEY UPDATE SKIP
-LOCKED`` (the ``FOR UPDATE`` strength that does not block foreign-key inserts such as new
-completions), and recounts the slots in a fresh statement while holding the lock before
-it inserts the task. On SQLite the whole claim is one ``BEGIN IMMEDIATE`` write
-transaction. Run :func:`next_task` inside :func:`app.db.transact`.
+serialised), marks the set's lapsed leases expired, then locks the first open slots row
+with ``SELECT ... FOR UPDATE SKIP LOCKED`` and inserts the task; the row's counters are
+kept by triggers, so the locked row needs no recount. On SQLite the whole claim is one
+``BEGIN IMMEDIATE`` write transaction. Run :func:`next_task` inside
+:func:`app.db.transact`.
+
+:func:`open_prompts` is the scanning form of the same rule (it counts tasks per prompt);
+claims no longer use it, the consistency test (tests/test_slots_consistency.py) checks
+the slots table against it.
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, Select, bindparam, select
 from sqlalchemy.orm import Session
 
-from app.models import TASK_KINDS, Prompt, PromptSet, Task, User
+from app.models import TASK_KINDS, Completion, Prompt, PromptSet, Slot, Task, User
 from app.models.base import UTCDateTime, utcnow
 from app.services.errors import Invalid
 from app.services.leases import expire_lapsed, held_task, lease_until, relet_lapsed
 from app.services.prompt_sets import get_prompt_set, is_serving
 from app.services.serving import served_completions, served_pairs
-from app.services.slots import check_slot, labeler_has, taken_slots
+from app.services.slots import check_slot, labeler_has, open_slot_statement, reap_lapsed, taken_slots
 from app.services.task_states import LEASED
 
 
@@ -141,6 +146,48 @@ def _claim_from(
     return None
 
 
+def _claim_open_slot(
+    db: Session, kind: str, params: dict[str, Any], k: int, max_tries: int = 20
+) -> tuple[int, int | None, list[int]] | None:
+    """Lock the first open slots row of this set and kind (app/services/slots.py) and
+    return (prompt id, policy id, completion ids) for the new task, or None.
+
+    The row's counters are kept by triggers in the transactions that change them, so the
+    locked row is exact: no recount. A rank pair whose K completions are no longer all
+    ready (retired by a redeploy in flight) is passed over. First pass skips rows other
+    claimers hold locked; when that finds nothing, a second pass waits for them, so a set
+    with free slots never answers "nothing left" only because someone else was claiming.
+    """
+    rejected: list[int] = []
+    for skip_locked in (True, False):
+        for _ in range(max_tries):
+            stmt = open_slot_statement(kind, skip_locked)
+            if rejected:
+                stmt = stmt.where(Slot.__table__.c.prompt_id.not_in(rejected))
+            row = db.execute(stmt, params).first()
+            if row is None:
+                break
+            if kind != "rank":
+                return row.prompt_id, None, []
+            ids = list(db.scalars(_READY, {"prompt_id": row.prompt_id, "policy_id": row.policy_id, "k": k}))
+            if len(ids) == k:
+                return row.prompt_id, row.policy_id, ids
+            rejected.append(row.prompt_id)
+    return None
+
+
+_READY = (
+    select(Completion.id)
+    .where(
+        Completion.prompt_id == bindparam("prompt_id", type_=Integer),
+        Completion.policy_id == bindparam("policy_id", type_=Integer),
+        Completion.status == "ready",
+    )
+    .order_by(Completion.id)
+    .limit(bindparam("k", type_=Integer))
+)
+
+
 def next_task(
     db: Session,
     user: User,
@@ -170,46 +217,44 @@ def next_task(
     if held is not None:
         return held
     expire_lapsed(db, user.id, now)
-
-    chosen: dict[int, tuple[int | None, list[int]]] = {}
-
-    def accept(prompt: Prompt) -> bool:
-        # Under the prompt's lock: pick the policy to show first, then recount its slots.
-        served: tuple[int | None, list[int]] | None = (None, [])
-        if kind == "rank":
-            served = served_completions(db, prompt, ps.k)
-            if served is None:
-                return False
-        if not check_slot(db, prompt, kind, user.id, ps.overlap, now, policy_id=served[0]).ok:
-            return False
-        chosen[prompt.id] = served
-        return True
+    reap_lapsed(db, ps.id, now)
 
     params = {"ps_id": ps.id, "ps_k": ps.k, "ps_overlap": ps.overlap, "labeler_id": user.id, "now": now}
-    prompt: Prompt | None = None
+    claimed: tuple[int, int | None, list[int]] | None = None
     if kind == "rank" and gold_rate > 0 and rng.random() < gold_rate:
-        prompt = _claim_from(db, "gold", params, accept)
-    if prompt is None:
-        prompt = _claim_from(db, kind, params, accept)
-    if prompt is None:
+        chosen: dict[int, tuple[int | None, list[int]]] = {}
+
+        def accept(prompt: Prompt) -> bool:
+            # Under the gold prompt's lock: its fixed completions, and the labeler's own tasks.
+            served = served_completions(db, prompt, ps.k)
+            if served is None or not check_slot(db, prompt, kind, user.id, ps.overlap, now, policy_id=served[0]).ok:
+                return False
+            chosen[prompt.id] = served
+            return True
+
+        gold = _claim_from(db, "gold", params, accept)
+        if gold is not None:
+            claimed = (gold.id, *chosen[gold.id])
+    if claimed is None:
+        claimed = _claim_open_slot(db, kind, params, ps.k)
+    if claimed is None:
         return None
 
-    policy_id, completion_ids = chosen[prompt.id]
+    prompt_id, policy_id, completion_ids = claimed
+    ids = list(completion_ids)
+    # display order: fixed per (labeler, pair), stored with the task
+    random.Random(f"task:{user.id}:{prompt_id}:{policy_id}").shuffle(ids)
     task = Task(
-        prompt_id=prompt.id,
+        prompt_id=prompt_id,
         prompt_set_id=ps.id,
         labeler_id=user.id,
         kind=kind,
         status=LEASED.value,
-        completion_ids=[],
+        completion_ids=ids,
         policy_id=policy_id,
         lease_expires_at=lease_until(now, lease_minutes),
         created_at=now,
     )
     db.add(task)
-    db.flush()
-    ids = list(completion_ids)
-    random.Random(f"task:{task.id}").shuffle(ids)  # display order: deterministic per task
-    task.completion_ids = ids
     db.flush()
     return task

@@ -18,7 +18,7 @@ from app.models import PromptSet, Task, TaskStatus, User
 from app.models.base import utcnow
 from app.services.errors import Conflict
 from app.services.prompt_sets import get_prompt_set
-from app.services.slots import MINE, check_slot, live_lease, lock_prompt
+from app.services.slots import MINE, check_slot, live_lease, lock_pair
 from app.services.task_states import EXPIRED, LEASED, enter_state, entered_from, own_task
 
 
@@ -43,6 +43,7 @@ def held_task(db: Session, labeler_id: int, prompt_set_id: int, kind: str, now: 
         )
         .order_by(Task.created_at, Task.id)
         .limit(1)
+        .execution_options(populate_existing=True)
     )
 
 
@@ -65,10 +66,14 @@ def relet_lapsed(
         )
         .order_by(Task.lease_expires_at.desc(), Task.id.desc())
         .limit(1)
+        # its row lock, and its current values: a claim of another labeler may have marked
+        # it expired (slots.reap_lapsed) since this session last loaded it
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
     )
     if stale is None:
         return None
-    prompt = lock_prompt(db, stale.prompt_id)
+    prompt = lock_pair(db, stale.prompt_id, kind, stale.policy_id)
     check = check_slot(
         db, prompt, kind, labeler_id, ps.overlap, now, exclude_task_id=stale.id, policy_id=stale.policy_id
     )
@@ -98,7 +103,7 @@ def relet_expired(db: Session, task: Task, now: datetime) -> None:
 
     Locks the prompt and recounts; raises Conflict when another labeler took the slot.
     """
-    prompt = lock_prompt(db, task.prompt_id)
+    prompt = lock_pair(db, task.prompt_id, task.kind, task.policy_id)
     ps = get_prompt_set(db, task.prompt_set_id)
     check = check_slot(
         db, prompt, task.kind, task.labeler_id, ps.overlap, now, exclude_task_id=task.id, policy_id=task.policy_id

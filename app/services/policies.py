@@ -271,7 +271,11 @@ def add_completions(
         return 0
     ids = sorted(by_prompt)
     if is_postgres(db):
-        db.execute(select(Prompt.id).where(Prompt.id.in_(ids)).order_by(Prompt.id).with_for_update())
+        # FOR NO KEY UPDATE: two samplers serialise, while claims (which hold a slots row
+        # and insert a task referencing the prompt) are not blocked by the lock.
+        db.execute(
+            select(Prompt.id).where(Prompt.id.in_(ids)).order_by(Prompt.id).with_for_update(key_share=True)
+        )
     have = dict(
         db.execute(
             select(Completion.prompt_id, func.count(Completion.id))

@@ -17,29 +17,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, or_, select
+from sqlalchemy import and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.db import transact
 from app.models import (
     Completion,
-    Demonstration,
     Policy,
     Prompt,
     PromptSet,
-    Ranking,
-    SubmissionStatus,
+    Slot,
+    SlotTotals,
     Task,
     TaskStatus,
     User,
 )
 from app.models.base import utcnow
 from app.schemas.tasks import ProgressOut
-from app.services.claims import next_task, open_prompts
+from app.services.claims import next_task
 from app.services.errors import NotFound
 from app.services.leases import lease_is_live, relet_expired, renew_lease
-from app.services.serving import has_k_ready_of, served_completions, served_pairs
-from app.services.slots import keeps_labeler_off, labeler_has, live_lease, taken_slots, takes_slot
+from app.services.serving import served_completions
+from app.services.slots import keeps_labeler_off, takes_slot
 from app.services.task_states import get_task, own_task
 
 __all__ = [
@@ -87,97 +86,106 @@ def task_view(db: Session, task: Task) -> dict[str, Any]:
 
 
 def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None) -> ProgressOut:
-    """What this labeler has done in the set and what is left for them right now.
+    """What this labeler has done in the set and what is left for them right now, from the
+    slots table (app/services/slots.py) and the labeler's own tasks: nothing here counts
+    tasks or completions across the set.
 
-    ``rank_left`` counts the prompts ``next`` could give them now (the served policy's
-    pair open to them). ``waiting_for_completions`` counts the prompts whose rank work for
-    the deployed policy is open to them but which lack its K ready completions (with no
-    policy deployed: prompts where no policy has K).
+    ``rank_left`` counts the served pairs with a free slot that ``next`` could give them
+    (a lease that lapsed since the last claim in the set still counts as taken until a
+    claim marks it expired). ``waiting_for_completions`` counts the regular prompts whose
+    rank work for the deployed policy is not open yet because it lacks K ready
+    completions (with no policy deployed: prompts where no policy has K).
     """
     now = now or utcnow()
-
-    def count_prompts(*conds: ColumnElement[bool]) -> int:
-        return db.scalar(select(func.count(Prompt.id)).where(*conds)) or 0
-
-    mine = select(Task.kind, Task.status, func.count(Task.id)).where(
-        Task.labeler_id == user.id, Task.prompt_set_id == ps.id
-    )
-    counts: dict[tuple[str, str], int] = {
-        (kind, status): n for kind, status, n in db.execute(mine.group_by(Task.kind, Task.status)).all()
+    live = and_(Task.status == TaskStatus.LEASED, Task.lease_expires_at > now)
+    mine: dict[tuple[str, str], tuple[int, int]] = {
+        (kind, status): (n, int(n_live or 0))
+        for kind, status, n, n_live in db.execute(
+            select(Task.kind, Task.status, func.count(), func.sum(case((live, 1), else_=0)))
+            .where(Task.labeler_id == user.id, Task.prompt_set_id == ps.id)
+            .group_by(Task.kind, Task.status)
+        )
     }
-    ranked = db.scalar(
-        select(func.count(Ranking.id))
-        .join(Task, Task.id == Ranking.task_id)
-        .where(Ranking.labeler_id == user.id, Task.prompt_set_id == ps.id)
-        .where(Ranking.status == SubmissionStatus.ACTIVE)
-    )
-    demonstrated = db.scalar(
-        select(func.count(Demonstration.id))
-        .join(Task, Task.id == Demonstration.task_id)
-        .where(Demonstration.labeler_id == user.id, Task.prompt_set_id == ps.id)
-        .where(Demonstration.status == SubmissionStatus.ACTIVE)
-    )
-    holding = db.scalar(
-        select(func.count(Task.id)).where(
-            Task.labeler_id == user.id,
-            Task.prompt_set_id == ps.id,
-            live_lease(now),
+
+    def n_mine(kind: str | None, status: str, is_live: bool = False) -> int:
+        return sum(
+            n_live if is_live else n
+            for (k, st), (n, n_live) in mine.items()
+            if (kind is None or k == kind) and st == status
         )
-    )
+
+    S = Slot
     deployed = db.scalar(select(Policy.id).where(Policy.deployed.is_(True)))
-    # One statement for what depends on the served pairs, so they are computed once.
-    served = served_pairs(ps)
-    rank_open = open_prompts(ps, "rank", user.id, now, Prompt.id, served=served).order_by(None)
-    rank_left = select(func.count()).select_from(rank_open.subquery()).scalar_subquery()
-    regular = [Prompt.prompt_set_id == ps.id, Prompt.is_gold.is_(False)]
-    if deployed is None:
-        waiting = select(func.count(Prompt.id)).where(*regular, Prompt.id.not_in(select(served.c.prompt_id)))
-    else:
-        waiting = select(func.count(Prompt.id)).where(
-            *regular,
-            ~has_k_ready_of(ps.k, deployed),
-            ~labeler_has("rank", user.id, now, deployed),
-            taken_slots("rank", now, deployed) < ps.overlap,
-            Prompt.id.not_in(rank_open),
-        )
-    # When could a full prompt open up again? The earliest live lease of another labeler
-    # on a prompt (rank: on the pair served now) this labeler has not done.
+    open_row = [S.prompt_set_id == ps.id, S.served.is_(True), S.taken < ps.overlap]
     own = aliased(Task)
-    next_expiry = select(func.min(Task.lease_expires_at)).where(
-        Task.prompt_set_id == ps.id,
-        Task.labeler_id != user.id,
-        live_lease(now),
-        or_(
-            Task.kind != "rank",
-            exists().where(served.c.prompt_id == Task.prompt_id, served.c.policy_id == Task.policy_id),
-        ),
-        ~exists().where(
-            own.prompt_id == Task.prompt_id,
-            own.kind == Task.kind,
-            own.policy_id.is_not_distinct_from(Task.policy_id),
+    own_key = case((own.kind == "rank", func.coalesce(own.policy_id, 0)), else_=0)
+    kept_off = (
+        select(own.kind, own_key, func.count())
+        .where(
             own.labeler_id == user.id,
-            keeps_labeler_off(now, own),
-        ),
+            own.prompt_set_id == ps.id,
+            or_(own.status.in_(("submitted", "skipped", "requeued")), and_(own.status == "leased", own.lease_expires_at > now)),
+            exists().where(S.prompt_id == own.prompt_id, S.kind == own.kind, S.policy_id == own_key, *open_row),
+        )
+        .group_by(own.kind, own_key)
     )
-    rank_left_n, waiting_n, next_expiry_at = db.execute(
-        select(rank_left, waiting.scalar_subquery(), next_expiry.scalar_subquery())
-    ).one()
-    demo_open = open_prompts(ps, "demonstrate", user.id, now, Prompt.id).order_by(None)
-    demo_left = db.scalar(select(func.count()).select_from(demo_open.subquery())) or 0
-    offers_demos = ps.demonstration_share > 0 or count_prompts(
-        Prompt.prompt_set_id == ps.id, Prompt.wants_demonstration.is_(True)
-    ) > 0
+    kept: dict[tuple[str, int], int] = {(k, pol): n for k, pol, n in db.execute(kept_off)}
+    totals = {
+        (k, pol): (served, n_open)
+        for k, pol, served, n_open in db.execute(
+            select(SlotTotals.kind, SlotTotals.policy_id, SlotTotals.served, SlotTotals.open).where(
+                SlotTotals.prompt_set_id == ps.id
+            )
+        )
+    }
+    left = {key: n_open - kept.get(key, 0) for key, (_, n_open) in totals.items() if key[0] != "prompts"}
+    rank_left = sum(n for (k, _), n in left.items() if k == "rank")
+    demo_left = sum(n for (k, _), n in left.items() if k == "demonstrate")
+    regular = totals.get(("prompts", 0), (0, 0))[0]
+    if deployed is None:
+        waiting = regular - sum(served for (k, _), (served, _) in totals.items() if k == "rank")
+    else:
+        served_deployed = totals.get(("rank", deployed), (0, 0))[0]
+        open_elsewhere = sum(n for (k, pol), n in left.items() if k == "rank" and pol != deployed)
+        waiting = regular - served_deployed - open_elsewhere
+
+    # When could a full prompt open up again? The earliest live lease of another labeler
+    # on a pair served now (demonstrate: any) this labeler has not done.
+    t = aliased(Task)
+    next_expiry = db.scalar(
+        select(func.min(t.lease_expires_at))
+        .join(S, and_(
+            S.prompt_id == t.prompt_id,
+            S.kind == t.kind,
+            S.policy_id == case((t.kind == "rank", func.coalesce(t.policy_id, 0)), else_=0),
+        ))
+        .where(
+            t.prompt_set_id == ps.id,
+            t.status == TaskStatus.LEASED,
+            t.lease_expires_at > now,
+            t.labeler_id != user.id,
+            or_(t.kind != "rank", S.served.is_(True)),
+            ~exists().where(
+                own.prompt_id == t.prompt_id,
+                own.kind == t.kind,
+                own.policy_id.is_not_distinct_from(t.policy_id),
+                own.labeler_id == user.id,
+                keeps_labeler_off(now, own),
+            ),
+        )
+    )
+    offers_demos = ps.demonstration_share > 0 or totals.get(("demonstrate", 0), (0, 0))[0] > 0
     return ProgressOut(
         prompt_set_id=ps.id,
         name=ps.name,
         status=ps.status,
-        ranked=ranked or 0,
-        demonstrated=demonstrated or 0,
-        skipped=sum(n for (_, status), n in counts.items() if status == TaskStatus.SKIPPED),
-        holding=holding or 0,
-        rank_left=rank_left_n or 0,
-        demonstrate_left=demo_left,
-        waiting_for_completions=waiting_n or 0,
+        ranked=n_mine("rank", TaskStatus.SUBMITTED),
+        demonstrated=n_mine("demonstrate", TaskStatus.SUBMITTED),
+        skipped=n_mine(None, TaskStatus.SKIPPED),
+        holding=n_mine(None, TaskStatus.LEASED, True),
+        rank_left=max(0, rank_left),
+        demonstrate_left=max(0, demo_left),
+        waiting_for_completions=max(0, waiting),
         offers_demonstrations=offers_demos,
-        next_lease_expiry=next_expiry_at,
+        next_lease_expiry=next_expiry,
     )
