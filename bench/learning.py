@@ -201,14 +201,12 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, v0: Path, log) -> list[
         )
         sim = Simulation(cfg, progress=lambda m: log(f"[{sc.name}] {m}"))
         if sc.stages is not None:
-            start_round = sim.admin.start_round
 
             def with_stages(ids, deploy=True, config=None):  # type: ignore[no-untyped-def]
                 body = {"prompt_set_ids": ids, "deploy": deploy, "config": config or {}, "stages": list(sc.stages)}
                 return sim.admin.post("/training/rounds", body).json()["run_id"]
 
             sim.admin.start_round = with_stages  # type: ignore[method-assign]
-            del start_round
         try:
             rows = sim.run()
         finally:

@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import uuid
 from typing import Any
 
