@@ -238,7 +238,7 @@ def evaluate_scenario(sc: Scenario, args: argparse.Namespace, log) -> Evaluation
     from sqlalchemy import select
 
     from app.db import Database
-    from app.models import Policy
+    from app.models import Policy, TrainingRun
     from app.simulation.compare import simulate_evaluation
 
     work = Path(args.work) / sc.name
@@ -246,27 +246,36 @@ def evaluate_scenario(sc: Scenario, args: argparse.Namespace, log) -> Evaluation
     with database.session() as db:
         policies = list(db.scalars(select(Policy).order_by(Policy.version)))
         served = [p for p in policies if p.version == 0 or p.deployed_at is not None]
+        # a round the benchmark was stopped in: the worker below must not take it up again
+        unfinished = list(db.scalars(select(TrainingRun.id).where(TrainingRun.finished_at.is_(None))))
     database.dispose()
     if len(served) < 2:
         log(f"[{sc.name}] evaluation: no policy beyond v0 was deployed")
         return None
     first, last = served[0], served[-1]
     env = _scenario_env(work, args)
+    _rlhf(env, "db", "upgrade")  # a scenario run by an older checkout
+    for run_id in unfinished:
+        _rlhf(env, "train", "cancel", str(run_id))
     token = _rlhf(env, "tokens", "create", "benchadmin").strip().splitlines()[-1]
     with _service(env, work, tag="-eval") as url:
         log(f"[{sc.name}] evaluation: v{first.version} against v{last.version}")
         result = simulate_evaluation(url, token, [first.id, last.id], "bench", labelers=args.labelers,
                                      preference=sc.preference, flip_prob=sc.flip_prob, seed=args.seed,
-                                     timeout_s=3600)
+                                     per_pair=args.eval_per_pair, timeout_s=3600)
     board = result["leaderboard"]
     version = {first.id: f"v{first.version}", last.id: f"v{last.version}"}
     ratings = {version[r["policy_id"]]: (r["rating"], *(r["rating_interval"] or (math.nan, math.nan)))
                for r in board["policies"] if r["policy_id"] in version}
-    pair = next((r for r in board["pairs"] if r["policy_id"] == last.id and r["opponent_id"] == first.id), None)
-    low, high = (pair or {}).get("win_rate_interval") or (None, None)
+    win = low = high = None
+    for r in board["pairs"]:  # one row per pair, in either orientation
+        if {r["policy_id"], r["opponent_id"]} == {first.id, last.id} and r["win_rate"] is not None:
+            win, (low, high) = r["win_rate"], r["win_rate_interval"]
+            if r["policy_id"] == first.id:  # the last policy's side of it
+                win, low, high = 1 - win, 1 - high, 1 - low
     return EvaluationFigures(
         scenario=sc.name, policies=[version[first.id], version[last.id]], comparisons=int(board["comparisons"]),
-        ratings=ratings, win_rate=(pair or {}).get("win_rate"), win_low=low, win_high=high,
+        ratings=ratings, win_rate=win, win_low=low, win_high=high,
         mean_scores={version[int(pid)]: float(v["mean_score"]) for pid, v in result["preference_scores"].items()},
         agrees=bool(result["agrees"]),
     )
@@ -511,6 +520,8 @@ def main() -> None:
                         help="only the blind evaluation (v0 against the last deployed policy, simulated labelers) of "
                              "the finished scenarios under --work")
     parser.add_argument("--no-evaluate", action="store_true", help="skip the blind evaluation after the rounds")
+    parser.add_argument("--eval-per-pair", type=int, default=4,
+                        help="comparisons per validation prompt in the blind evaluation")
     args = parser.parse_args()
     if args.render:
         write_outputs(read_csv(Path(args.render)), Path(args.out), args.header)
@@ -532,7 +543,7 @@ def main() -> None:
 
     eval_header = (f"bench/learning.py, {time.strftime('%Y-%m-%d')}: a blind evaluation per scenario (compare tasks "
                    f"through the API, {args.labelers} simulated labelers with the scenario's preference and noise, "
-                   "one judgment per validation prompt and sample pair, ties count half).")
+                   f"{args.eval_per_pair} comparisons per validation prompt, ties count half).")
     if args.evaluate:
         evals = [e for sc in scenarios if (Path(args.work) / sc.name / "data").is_dir()
                  for e in [evaluate_scenario(sc, args, log)] if e is not None]
