@@ -47,7 +47,9 @@ from app.models.base import utcnow
 from app.services import human_gate
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.evaluations import get_evaluation, slots_taken
-from app.services.submissions import LIKERT_MAX, LIKERT_MIN, MAX_COMMENT_CHARS, undo_deadline
+from app.services.leases import lease_until
+from app.services.submissions import LIKERT_MAX, LIKERT_MIN, MAX_COMMENT_CHARS, check_undoable
+from app.services.task_states import LEASED, enter_state
 from app.services.tasks import keeps_labeler_off, lease_is_live, own_task, takes_slot
 
 SIDES = ("a", "b")
@@ -434,25 +436,11 @@ def undo_judgment(
     now = now or utcnow()
     task = own_task(db, task_id, user, lock=True)
     _link(db, task)
-    if task.status != "submitted" or task.submitted_at is None:
-        raise Conflict(f"task {task.id} has no submission to undo (it is {task.status})")
-    last = db.scalar(
-        select(Task.id)
-        .where(Task.labeler_id == user.id, Task.status == "submitted")
-        .order_by(Task.submitted_at.desc(), Task.id.desc())
-        .limit(1)
-    )
-    if last != task.id:
-        raise Conflict(f"only your last submission can be undone; task {last} came after task {task.id}")
-    deadline = undo_deadline(task.submitted_at, window_minutes)
-    if now > deadline:
-        raise Conflict(f"the undo window of {window_minutes:g} minutes for task {task.id} closed at {deadline:%H:%M:%S} UTC")
+    check_undoable(db, task, user, window_minutes, now)  # the undo rule of every kind of task
     row = db.scalar(select(ComparisonJudgment).where(ComparisonJudgment.task_id == task.id))
     previous = {"choice": row.choice, "ratings": row.ratings, "comment": row.comment} if row else {}
     db.execute(delete(ComparisonJudgment).where(ComparisonJudgment.task_id == task.id))
-    task.status = "leased"
-    task.submitted_at = None
-    task.lease_expires_at = now + timedelta(minutes=lease_minutes)
+    enter_state(task, LEASED, lease_expires_at=lease_until(now, lease_minutes))
     db.flush()
     return task, previous
 
