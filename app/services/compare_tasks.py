@@ -49,7 +49,7 @@ from app.services.errors import Conflict, Invalid, NotFound
 from app.services.evaluations import get_evaluation, slots_taken
 from app.services.leases import lease_until
 from app.services.submissions import LIKERT_MAX, LIKERT_MIN, MAX_COMMENT_CHARS, check_undoable
-from app.services.task_states import LEASED, enter_state
+from app.services.task_states import LEASED, SUBMITTED, enter_state
 from app.services.tasks import keeps_labeler_off, lease_is_live, own_task, takes_slot
 
 SIDES = ("a", "b")
@@ -184,8 +184,7 @@ def next_task(
         link = db.get(CompareTask, stale.id)
         comparison = _lock_comparison(db, link.comparison_id) if link else None
         if comparison is not None and _slot_free(db, comparison, ev.overlap, user.id, now, exclude=stale.id)[0]:
-            stale.status = "leased"
-            stale.lease_expires_at = now + timedelta(minutes=lease_minutes)
+            enter_state(stale, LEASED, lease_expires_at=lease_until(now, lease_minutes))
             db.flush()
             return stale
     db.execute(
@@ -325,8 +324,7 @@ def renew_lease(db: Session, task_id: int, user: User, *, lease_minutes: float, 
         raise Conflict(f"task {task.id} is {task.status}; there is no lease to renew")
     if not lease_is_live(task, now):
         _relet(db, task, now)
-    task.status = "leased"
-    task.lease_expires_at = max(task.lease_expires_at, now + timedelta(minutes=lease_minutes))
+    enter_state(task, LEASED, lease_expires_at=max(task.lease_expires_at, lease_until(now, lease_minutes)))
     db.flush()
     return task
 
@@ -421,8 +419,7 @@ def submit_comparison(
         created_at=now,
     )
     db.add(row)
-    task.status = "submitted"
-    task.submitted_at = now
+    enter_state(task, SUBMITTED, submitted_at=now)
     db.flush()
     # The judgment that completes a round's human evaluation settles its deploy gate.
     human_gate.settle(db, link.evaluation_id)
