@@ -143,9 +143,11 @@ class LeaderboardOut(BaseModel):
     gold: dict[str, Any] = Field(description="accuracy of judgments on gold comparisons, per labeler")
 
 
-class VerdictOut(BaseModel):
+class VerdictFigures(BaseModel):
+    """The human verdict on a policy against its parent in one evaluation
+    (``app.services.evaluations.verdict``); the API's verdict shapes derive from it."""
+
     evaluation_id: int
-    new_policy_id: int
     parent_policy_id: int
     threshold: float
     comparisons: int
@@ -153,12 +155,16 @@ class VerdictOut(BaseModel):
     losses: int
     ties: int
     both_bad: int
-    win_rate: float | None
-    win_rate_interval: list[float] | None
+    win_rate: float | None = Field(description="the policy's win rate against its parent (ties and both-bad half)")
+    win_rate_interval: list[float] | None = Field(description="95% Wilson interval")
     slots: int
     complete: bool
     verdict: Literal["better", "worse", "undecided", "no_data"]
     at_least_as_good: bool
+
+
+class VerdictOut(VerdictFigures):
+    new_policy_id: int
 
 
 class GoldIn(BaseModel):

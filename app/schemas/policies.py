@@ -7,27 +7,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.evaluations import VerdictFigures
 
-class HumanVerdictOut(BaseModel):
+
+class HumanVerdictOut(VerdictFigures):
     """The human verdict on a policy against its parent, beside the RM's reading."""
 
-    evaluation_id: int
     evaluation_name: str
     evaluation_status: str
     from_round: bool = Field(description="the evaluation the policy's own round opened (evaluate_with_humans)")
-    parent_policy_id: int
-    threshold: float
-    comparisons: int
-    wins: int
-    losses: int
-    ties: int
-    both_bad: int
-    win_rate: float | None = Field(description="the humans' win rate of the policy against its parent (ties half)")
-    win_rate_interval: list[float] | None = Field(description="95% Wilson interval")
-    slots: int
-    complete: bool
-    verdict: Literal["better", "worse", "undecided", "no_data"]
-    at_least_as_good: bool
     rm_win_rate: float | None = Field(description="the round's win rate against the parent under the reward model")
     rm_score_delta: float | None = Field(description="mean RM score of the policy minus its parent's")
     agreement: Literal["agree", "disagree"] | None = Field(
