@@ -10,16 +10,13 @@ and served -> label v2 (the simulator measures every policy on its own completio
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from app.config import Settings
@@ -27,6 +24,7 @@ from app.db import Database
 from app.main import create_app
 from app.models import Completion, Ranking, TrainingRun, User
 from app.simulation.loop import Simulation, SimulationConfig, write_csv, write_plot
+from tests.live_server import serve_in_thread
 from tests.round_helpers import TINY_CONFIG, bootstrap_v0, fast_settings
 from trainer.worker import TrainerWorker
 
@@ -44,12 +42,6 @@ VALIDATION_PROMPTS = ["What is a hash function?", "Suggest a name for a bakery."
 K = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def loop_settings(settings: Settings, backend: str) -> Settings:
     if backend != "postgres":
@@ -59,18 +51,8 @@ def loop_settings(settings: Settings, backend: str) -> Settings:
 
 @pytest.fixture
 def server(loop_settings: Settings, database: Database) -> Iterator[str]:
-    port = _free_port()
-    app = create_app(loop_settings, database)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not srv.started:
-        assert time.monotonic() < deadline, "live server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(loop_settings, database)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from app.simulation.client import StudioClient
 from app.simulation.compare import compare_choice, judgments, run_evaluation, simulate_evaluation
 from app.simulation.preferences import load_preference
 from tests.eval_helpers import eval_setup
+from tests.live_server import serve_in_thread
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -59,27 +60,10 @@ def test_simulated_evaluation_ranks_the_preferred_policy_first(app, admin, make_
 
 @pytest.fixture
 def live_server(settings, database):  # type: ignore[no-untyped-def]
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
     from app.main import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings, database), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not srv.started:
-        assert time.monotonic() < deadline, "live server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(settings, database)) as url:
+        yield url
 
 
 @pytest.fixture
