@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.simulation.loop import Simulation, SimulationConfig  # noqa: E402
+from bench.report import replace_marked  # noqa: E402
 from app.simulation.preferences import load_preference  # noqa: E402
 from trainer.gates import mean_interval, wilson_interval  # noqa: E402
 
@@ -428,13 +429,10 @@ def evaluation_table(evals: list[EvaluationFigures]) -> str:
 
 def write_evaluations(evals: list[EvaluationFigures], out_md: Path, header: str) -> None:
     """The evaluation table into ``out_md`` between its markers (appended when missing)."""
-    block = f"{EVAL_BEGIN}\n{header}\n\n{evaluation_table(evals)}\n{EVAL_END}"
-    text = out_md.read_text() if out_md.exists() else "# Learning benchmark\n\n"
-    if EVAL_BEGIN in text and EVAL_END in text:
-        text = text[: text.index(EVAL_BEGIN)] + block + text[text.index(EVAL_END) + len(EVAL_END):]
-    else:
-        text = text.rstrip() + "\n\n## Human-style evaluation of the last policy\n\n" + block + "\n"
-    out_md.write_text(text)
+    if not out_md.exists():
+        out_md.write_text("# Learning benchmark\n")
+    replace_marked(out_md, EVAL_BEGIN, EVAL_END, f"{header}\n\n{evaluation_table(evals)}",
+                   heading="Human-style evaluation of the last policy")
 
 
 def read_csv(path: Path) -> list[RoundFigures]:
@@ -465,13 +463,10 @@ def write_outputs(figures: list[RoundFigures], out_md: Path, header: str) -> Non
         w.writeheader()
         for f in figures:
             w.writerow({**asdict(f), "stage_seconds": json.dumps(f.stage_seconds)})
-    block = f"{RESULTS_BEGIN}\n{header}\n\n{results_table(figures)}\n\n![score and win rate per round]({png_path.name})\n{RESULTS_END}"
-    text = out_md.read_text() if out_md.exists() else "# Learning benchmark\n\n"
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        text = text[: text.index(RESULTS_BEGIN)] + block + text[text.index(RESULTS_END) + len(RESULTS_END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    out_md.write_text(text)
+    if not out_md.exists():
+        out_md.write_text("# Learning benchmark\n")
+    replace_marked(out_md, RESULTS_BEGIN, RESULTS_END,
+                   f"{header}\n\n{results_table(figures)}\n\n![score and win rate per round]({png_path.name})")
     try:
         import matplotlib
 

@@ -33,6 +33,19 @@ def replace_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> Path:
     return path
 
 
+def replace_marked(path: Path, begin: str, end: str, body: str, heading: str = "") -> None:
+    """Write ``body`` between the ``begin`` and ``end`` marker lines of ``path``, keeping the
+    rest of the page (its hand-written discussion); without the markers the block is
+    appended, under ``## heading`` when one is given."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + ("\n\n## " + heading if heading else "") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

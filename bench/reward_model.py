@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.simulation.preferences import load_preference, rank_by_preference  # noqa: E402
+from bench.report import replace_marked  # noqa: E402
 from trainer.gates import wilson_interval  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -108,14 +109,7 @@ def render(rows: list[dict[str, Any]], header: str) -> str:
 
 
 def write_doc(doc: Path, table: str) -> None:
-    text = doc.read_text() if doc.is_file() else ""
-    block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## The reward model alone (bench/reward_model.py)\n\n" + block + "\n"
-    doc.write_text(text)
+    replace_marked(doc, MARK_BEGIN, MARK_END, table, heading="The reward model alone (bench/reward_model.py)")
 
 
 def main() -> None:
