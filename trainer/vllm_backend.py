@@ -67,6 +67,34 @@ class VLLMGenerator(BaseGenerator):
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    def close(self) -> None:
+        """Shut the engine down and give its memory back, so that a redeploy can build the next
+        policy's engine in the same worker process (the sampler calls this on a policy change).
+
+        vLLM frees an ``LLM`` only when its engine core is shut down: ``LLM.shutdown()`` where the
+        release has it, else the engine core's own ``shutdown()``; then the model-parallel groups
+        vLLM set up are torn down and the CUDA cache emptied.
+        """
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        shutdown = getattr(llm, "shutdown", None)
+        if not callable(shutdown):
+            shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm
+        try:
+            from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # noqa: BLE001 - older or newer releases name these otherwise; gc still runs
+            logger.debug("vLLM: no model-parallel state to tear down", exc_info=True)
+        from trainer.device import free_memory
+
+        free_memory()
+
     def _max_prompt_tokens(self, params: SamplingParams) -> int | None:
         max_len = self.llm.llm_engine.model_config.max_model_len
         return max(1, max_len - params.max_new_tokens)
