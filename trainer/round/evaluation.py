@@ -4,6 +4,7 @@ per-prompt figures the deploy gate's intervals are computed from."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,7 +69,8 @@ def scalars(evaluation: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in evaluation.items() if not isinstance(v, list)}
 
 
-def _v0_dir(ctx: RoundContext, job: RoundJob) -> Any:
+def _v0_dir(ctx: RoundContext, job: RoundJob) -> Path | None:
+    """Policy v0's directory, when it is registered and on disk."""
     if job.v0_path is None:
         return None
     path = artifacts.resolve(ctx.artifacts_dir, job.v0_path)
