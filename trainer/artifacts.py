@@ -18,6 +18,8 @@ from pathlib import Path
 
 POLICIES = "policies"
 REWARD_MODELS = "reward_models"
+#: The first version of each kind: policies start at v0 (the bootstrapped base), reward models at v1.
+FIRST_VERSION = {POLICIES: 0, REWARD_MODELS: 1}
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 
 
@@ -57,23 +59,26 @@ def versions_on_disk(artifacts_dir: Path, kind: str) -> list[int]:
     return sorted(found)
 
 
-def next_free_version(artifacts_dir: Path, kind: str, registered_max: int | None, first: int = 0) -> int:
+def next_free_version(artifacts_dir: Path, kind: str, registered_max: int | None) -> int:
     """One past the largest version either registered in the database or present on disk
-    (``first`` when there is none: policies start at v0, reward models at v1)."""
+    (the kind's :data:`FIRST_VERSION` when there is none)."""
+    first = FIRST_VERSION[kind]
     candidates = [v for v in (registered_max, *versions_on_disk(artifacts_dir, kind)) if v is not None]
     return max(max(candidates) + 1, first) if candidates else first
 
 
-def publish(artifacts_dir: Path, kind: str, staging: Path, registered_max: int | None, first: int = 0) -> int:
+def publish(artifacts_dir: Path, kind: str, staging: Path, registered_max: int | None) -> int:
     """Rename a complete ``staging`` directory to the first free ``<kind>/vN``; returns N.
 
     The one place versions are numbered, for policies and reward models alike: one past
     the largest registered or on-disk version, and on past any directory that appears
     meanwhile (another worker). The rename is atomic, so ``vN`` is absent or complete.
+    ``registered_max`` is the largest version in the database (the caller reads it; this
+    module touches no database). The round calls it through trainer/round/register.py.
     """
     root = Path(artifacts_dir)
     (root / kind).mkdir(parents=True, exist_ok=True)
-    start = next_free_version(root, kind, registered_max, first)
+    start = next_free_version(root, kind, registered_max)
     for version in range(start, start + 100):
         dest = root / kind / f"v{version}"
         if dest.exists():

@@ -40,3 +40,10 @@ def set_torch_threads(threads: int | None) -> None:
     """
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def describe_device(device: torch.device) -> str:
+    """``cuda (<name>, bf16)`` or ``cpu (<n> threads, fp32)``: a log line's device."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)}, bf16)"
+    return f"cpu ({torch.get_num_threads()} threads, fp32)"

@@ -11,8 +11,8 @@ Points:
 * ``sft``, ``rm``, ``ppo`` - the first optimizer step of that stage (mid-stage: the
   model and optimizer state exist only in memory).
 * ``rm-saved`` - the reward model is complete in ``reward_models/vN``, not registered yet.
-* ``promote`` - the new policy's files are written into its ``.tmp-vN-*`` directory, which
-  is not renamed into place yet.
+* ``promote`` - the new policy's files are written into its staging directory
+  (``policies/.staging-run<id>-*``), which is not renamed into place yet.
 * ``register`` - ``policies/vN`` is complete on disk; the transaction that registers it and
   marks the run succeeded has not run.
 """

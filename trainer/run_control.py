@@ -1,10 +1,12 @@
-"""A running round's link to the database: lease, cancel, progress, metrics, logs.
+"""A running round's link to the database: lease, cancel, progress, metrics, logs, its end.
 
-:class:`RunControl` holds the lease (every write is conditional on it), buffers metric
-points into ``run_metrics`` rows, writes log lines and progress, and answers
-``should_stop()`` from the flags the worker's heartbeat thread sets (cancel requested,
-lease lost, worker shutting down). The round (trainer/round.py) does the training; this
-module does the bookkeeping.
+:class:`RunControl` holds the lease (every write is conditional on it, and
+:meth:`~RunControl.owned_run` is the ownership check before a registering transaction),
+buffers metric points into ``run_metrics`` rows, writes log lines and progress, and
+answers ``should_stop()`` from the flags the worker's heartbeat thread sets (cancel
+requested, lease lost, worker shutting down). :meth:`~RunControl.settle` records how a
+round that raised ended (the exceptions are listed in trainer/run_endings.py). The round
+(trainer/round/) does the training; this module does the bookkeeping.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import logging
 import math
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from app.db import Database
+from app.models import TrainingRun
 from app.services import workers
 from app.services.workers import Lease
+from trainer.run_endings import Cancelled, LeaseLost, RoundError, RoundResult
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +33,7 @@ logger = logging.getLogger(__name__)
 STAGE_NAMES = {"sft": "sft", "reward": "rm", "rm": "rm", "ppo": "ppo", "dpo": "dpo", "eval": "eval"}
 
 
-class LeaseLost(Exception):
-    """The run was reaped (or reassigned) while this worker still worked on it."""
-
-
-class RoundError(Exception):
-    """A round cannot run (no deployed policy, ...); the run fails with this message."""
+__all__ = ["STAGE_NAMES", "LeaseLost", "RoundError", "RunControl"]
 
 
 class RunControl:
@@ -83,10 +86,16 @@ class RunControl:
 
     def check(self) -> None:
         """Raise ``Cancelled`` between steps when the run must stop."""
-        from trainer.stages import Cancelled
-
         if self.should_stop():
             raise Cancelled("run stopped")
+
+    def owned_run(self, db: Session) -> TrainingRun:
+        """The run row, locked, for a transaction that registers what the round made;
+        :class:`LeaseLost` when this worker no longer owns it."""
+        run = workers.locked_run(db, self.lease)
+        if run is None:
+            raise LeaseLost()
+        return run
 
     # -- reporting --------------------------------------------------------------------
 
@@ -155,3 +164,50 @@ class RunControl:
             with self._lock:
                 self._points = points + self._points
                 self._dirty = True
+
+    def finish_tracking(self) -> None:
+        """End the round's experiment trackers, if it reported to any."""
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
+
+    # -- the end ----------------------------------------------------------------------
+
+    def settle(self, exc: BaseException, stage: str, metrics: Callable[[], dict[str, Any]]) -> RoundResult:
+        """Record how a round that raised ``exc`` during ``stage`` ended: cancelled, requeued,
+        lost or failed (see trainer/run_endings.py); ``metrics()`` gives what the round had
+        measured so far, kept on the run row."""
+        run_id = self.lease.run_id
+        if isinstance(exc, Cancelled):  # CancelledLate included
+            if self.lost:
+                return self._lost()
+            if self.stopping.is_set() and not self.cancel_requested:
+                with self.database.session() as db:
+                    workers.release_run(db, self.lease, "the worker was stopped")
+                return RoundResult("requeued", summary="worker stopped; requeued")
+            summary = f"cancelled during {stage}"
+            self.flush()
+            with self.database.session() as db:
+                workers.finish_run(db, self.lease, "cancelled", metrics={**metrics(), "summary": summary})
+                workers.add_log(db, run_id, summary, "warning")
+            return RoundResult("cancelled", summary=summary)
+        if isinstance(exc, LeaseLost):
+            return self._lost()
+        if not isinstance(exc, Exception):
+            raise exc  # KeyboardInterrupt, SystemExit: not a way a run ends
+        if self.lost:
+            return self._lost()
+        error = str(exc) if isinstance(exc, RoundError) else f"{stage}: {type(exc).__name__}: {exc}"
+        logger.error("run %d failed", run_id, exc_info=exc)
+        try:
+            self.flush()
+            with self.database.session() as db:
+                workers.add_log(db, run_id, "".join(traceback.format_exception(exc))[-8000:], "error")
+                workers.finish_run(db, self.lease, "failed", error=error[:4000], metrics=metrics())
+        except Exception:  # noqa: BLE001
+            logger.exception("run %d: could not record the failure", run_id)
+        return RoundResult("failed", summary=error)
+
+    def _lost(self) -> RoundResult:
+        logger.error("run %d: abandoned (another worker owns it now, or it was reaped)", self.lease.run_id)
+        return RoundResult("lost", summary="lease lost")

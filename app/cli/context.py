@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
@@ -16,6 +17,17 @@ from app.services.errors import ServiceError
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def print_table(title: str, rows: list[list[str]]) -> None:
+    """Print ``[header, *body]`` rows as a rich table."""
+    header, *body = rows
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name)
+    for row in body:
+        table.add_row(*row)
+    console.print(table)
 
 
 def settings() -> Settings:

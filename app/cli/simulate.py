@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.context import console, err_console
+from app.cli.context import console, err_console, print_table
 
 
 def register(app: typer.Typer) -> None:
@@ -41,8 +41,6 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Label -> train -> deploy -> label again, with a scripted preference; prints a per-round table."""
-        from rich.table import Table
-
         import httpx
 
         from app.simulation.client import ApiError
@@ -84,13 +82,7 @@ def register(app: typer.Typer) -> None:
         if not rows:
             err_console.print(f"[red]error:[/red] {failed}")
             raise typer.Exit(1)
-        header, *body = table(rows)
-        t = Table(title=f"simulated labelers, preference '{preference}' (validation prompts)")
-        for h in header:
-            t.add_column(h)
-        for r in body:
-            t.add_row(*r)
-        console.print(t)
+        print_table(f"simulated labelers, preference '{preference}' (validation prompts)", table(rows))
         csv_path = write_csv(rows, out / "simulation.csv")
         png_path = write_plot(rows, out / "simulation.png", preference)
         console.print(f"wrote {csv_path}" + (f" and {png_path}" if png_path else ""))
@@ -107,13 +99,8 @@ def register(app: typer.Typer) -> None:
                 except (ValueError, RuntimeError, TimeoutError, ApiError, httpx.HTTPError) as exc:
                     failed = exc
                 else:
-                    header, *body = evaluation_table(result)
-                    t = Table(title=f"blind evaluation {result['evaluation_id']} by simulated labelers")
-                    for h in header:
-                        t.add_column(h)
-                    for r in body:
-                        t.add_row(*r)
-                    console.print(t)
+                    print_table(f"blind evaluation {result['evaluation_id']} by simulated labelers",
+                                evaluation_table(result))
                     console.print(
                         "the leaderboard's order " + ("agrees" if result["agrees"] else "does NOT agree")
                         + f" with the '{preference}' scores"

@@ -9,6 +9,7 @@ given it again - is allowed while its slot is still free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
@@ -120,15 +121,23 @@ def relet_expired(db: Session, task: Task, now: datetime) -> None:
         )
 
 
-def renew_lease(db: Session, task_id: int, user: User, *, lease_minutes: float, now: datetime | None = None) -> Task:
+#: Let a labeler keep a task whose lease lapsed, or raise Conflict: ``relet(db, task, now)``.
+Relet = Callable[[Session, Task, datetime], None]
+
+
+def renew_lease(
+    db: Session, task_id: int, user: User, *, lease_minutes: float, now: datetime | None = None,
+    relet: Relet = relet_expired,
+) -> Task:
     """Extend the lease of an own task that is being worked on (the page calls it while
-    the labeler is active). An expired lease is renewed only if its slot is still free."""
+    the labeler is active). An expired lease is renewed only if its slot is still free,
+    as ``relet`` decides (rank and demonstrate slots by default; compare tasks pass theirs)."""
     now = now or utcnow()
     task = own_task(db, task_id, user, lock=True)
     if task.status not in (TaskStatus.LEASED, TaskStatus.EXPIRED):
         raise Conflict(f"task {task.id} is {task.status}; there is no lease to renew")
     if not lease_is_live(task, now):
-        relet_expired(db, task, now)
+        relet(db, task, now)
     enter_state(task, LEASED, lease_expires_at=max(task.lease_expires_at, lease_until(now, lease_minutes)))
     db.flush()
     return task

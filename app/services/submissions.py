@@ -36,7 +36,9 @@ MAX_SKIP_REASON_CHARS = 1000
 MAX_TIME_SPENT_S = 7 * 24 * 3600
 
 
-def _hash(payload: Any) -> str:
+def answer_hash(payload: Any) -> str:
+    """The SHA-256 of an answer's canonical JSON: the same answer again has the same hash
+    (rankings, demonstrations and compare judgments alike)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -202,7 +204,7 @@ def submit_ranking(
     if len(comment) > MAX_COMMENT_CHARS:
         raise Invalid(f"comment is too long ({len(comment)} characters; at most {MAX_COMMENT_CHARS})")
     spent = _time_spent(time_spent_s)
-    payload_hash = _hash(
+    payload_hash = answer_hash(
         {"ranking": groups, "ratings": clean_ratings, "all_unacceptable": bool(all_unacceptable), "comment": comment}
     )
     return _store(
@@ -243,7 +245,7 @@ def submit_demonstration(
     if len(body) > max_chars:
         raise Invalid(f"the demonstration is too long ({len(body)} characters; at most {max_chars})")
     spent = _time_spent(time_spent_s)
-    payload_hash = _hash({"text": body})
+    payload_hash = answer_hash({"text": body})
     return _store(db, task, Demonstration, "demonstration", payload_hash, now, text=body, time_spent_s=spent)
 
 

@@ -2,8 +2,8 @@
 
 No database code lives here: each stage takes models, a tokenizer, examples and a config,
 reports metrics through ``on_step(stage, step, metrics)``, stops when ``should_stop()``
-says so (raising :class:`Cancelled`), and returns a dict of float metrics. The worker
-wires them into jobs. See docs/training.md.
+says so (raising :class:`Cancelled`), and returns a dict of float metrics. The round
+(trainer/round/) wires them into a run. See docs/training.md.
 
 The toolbox they share, a drawer per concern:
 
@@ -15,8 +15,9 @@ The toolbox they share, a drawer per concern:
 * ``sampling``: rollouts and their log-probabilities;
 * ``checkpoint``: weight snapshots, atomic directories.
 
-Prompts are rendered and tokenised in trainer/prompting.py. ``common`` only re-exports
-these names for older imports.
+The stages: ``sft``, ``reward`` (training on rankings) with ``reward_model`` (the model,
+its files, scoring), ``ppo``, ``dpo``, ``evaluate``. Prompts are rendered and tokenised in
+trainer/prompting.py. ``common`` only re-exports these names for older imports.
 """
 
 from trainer.config import DPOConfig, EvalConfig, PPOConfig, RMConfig, SFTConfig
@@ -27,15 +28,8 @@ from .callbacks import Cancelled, StepCallback, check_cancel
 from .dpo import train_dpo
 from .evaluate import EvalParams, evaluate_policies
 from .ppo import train_ppo
-from .reward import (
-    RankingExample,
-    RewardModel,
-    normalize_reward_bias,
-    pairs_from_ranking,
-    reward_fn_from_model,
-    score,
-    train_reward_model,
-)
+from .reward import RankingExample, pairs_from_ranking, train_reward_model
+from .reward_model import RewardModel, normalize_reward_bias, reward_fn_from_model, score
 from .sft import SFTExample, train_sft
 
 __all__ = [
