@@ -44,7 +44,7 @@ from app.models import (
     User,
 )
 from app.models.base import utcnow
-from app.services import human_gate
+from app.services import human_gate, webhook_events
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.evaluations import get_evaluation, slots_taken
 from app.services.leases import lease_until
@@ -423,6 +423,7 @@ def submit_comparison(
     db.flush()
     # The judgment that completes a round's human evaluation settles its deploy gate.
     human_gate.settle(db, link.evaluation_id)
+    webhook_events.evaluation_judged(db, link.evaluation_id)
     return row, True
 
 
