@@ -64,16 +64,16 @@ def verify(secret: str, body: bytes, header: str) -> bool:
 # --- checking input (the API's schemas and the page's forms both end here) ------------
 
 
-def check_url(url: str) -> str:
-    """An absolute http(s) URL with a host, stripped."""
+def check_url(url: str, label: str = "url") -> str:
+    """An absolute http(s) URL with a host, stripped (``label`` names the field in errors)."""
     url = (url or "").strip()
     if not url:
-        raise Invalid("url is required")
+        raise Invalid(f"{label} is required")
     if len(url) > MAX_URL_CHARS:
-        raise Invalid(f"url is too long ({len(url)} characters; at most {MAX_URL_CHARS})")
+        raise Invalid(f"{label} is too long ({len(url)} characters; at most {MAX_URL_CHARS})")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(f"url must be an absolute http:// or https:// URL with a host, not {url!r}")
+        raise Invalid(f"{label} must be an absolute http:// or https:// URL with a host, not {url!r}")
     return url
 
 
@@ -179,13 +179,15 @@ def send_test(db: Session, actor: User | None, webhook_id: int) -> WebhookDelive
 
 
 def list_deliveries(
-    db: Session, webhook_id: int, *, status: str | None = None, limit: int = 50, before_id: int | None = None
+    db: Session, webhook_id: int | None, *, status: str | None = None, limit: int = 50, before_id: int | None = None
 ) -> list[WebhookDelivery]:
-    """A hook's deliveries, newest first."""
-    get_webhook(db, webhook_id)
+    """A hook's deliveries (every hook's: ``webhook_id`` None), newest first."""
     if status is not None and status not in DELIVERY_STATUSES:
         raise Invalid(f"status must be one of {', '.join(DELIVERY_STATUSES)}, not {status!r}")
-    query = select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
+    query = select(WebhookDelivery)
+    if webhook_id is not None:
+        get_webhook(db, webhook_id)
+        query = query.where(WebhookDelivery.webhook_id == webhook_id)
     if status is not None:
         query = query.where(WebhookDelivery.status == status)
     if before_id is not None:
