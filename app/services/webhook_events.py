@@ -127,7 +127,7 @@ def _evaluation_finished(db: Session, ev: Evaluation, reason: str) -> None:
             ComparisonJudgment.evaluation_id == ev.id, ComparisonJudgment.status == "active"
         )
     )
-    versions = dict(db.execute(select(Policy.id, Policy.version).where(Policy.id.in_(ev.policy_ids or []))).tuples())
+    versions = {pid: v for pid, v in db.execute(select(Policy.id, Policy.version).where(Policy.id.in_(ev.policy_ids or [])))}
     gate = None
     if ev.training_run_id is not None:
         run = db.get(TrainingRun, ev.training_run_id)
