@@ -24,11 +24,10 @@ from app.config import Settings
 from app.db import Database
 from app.main import create_app
 from app.models import AuditLog, TrainingRun, Webhook, WebhookDelivery
-from app.services import training, workers
+from app.services import workers
 from app.services.webhook_delivery import Deliverer, backoff_s
-from tests.conftest import Account
-from tests.eval_helpers import eval_setup
-from tests.factories import make_policy, ready_set
+from tests.conftest import Account, login
+from tests.factories import make_policy
 
 BACKOFF_S = 0.2
 
@@ -343,3 +342,50 @@ def test_a_failing_receiver_never_holds_up_requests_or_runs(settings, database, 
         assert time.monotonic() - start < 1.0  # requests go on while deliveries hang
         _until(lambda: all(d.status == "failed" for d in _deliveries(database)), timeout_s=30, what="give up")
     assert all(d.attempts == 2 and "ReadTimeout" in d.error for d in _deliveries(database))
+
+
+# --- the dashboard page ---------------------------------------------------------------
+
+
+def test_the_webhooks_page_registers_tests_and_shows_deliveries(quiet_client, admin, receiver, deliverer,
+                                                                database) -> None:
+    client = quiet_client
+    csrf = login(client, "admin")
+    form = {"csrf_token": csrf, "action": "create", "name": "<script>alert(1)</script>", "url": receiver.url,
+            "events": ["round.finished", "policy.deployed"]}
+    assert client.post("/admin/webhooks", data={**form, "csrf_token": "forged"}).status_code == 403
+    r = client.post("/admin/webhooks", data=form)
+    assert r.status_code == 200 and "Registered webhook" in r.text
+    with database.session() as db:
+        (hook,) = db.scalars(select(Webhook))
+    assert hook.events == ["round.finished", "policy.deployed"]
+    assert hook.secret in r.text  # shown once, here ...
+    page = client.get("/admin/webhooks")
+    assert hook.secret not in page.text  # ... and never again
+    assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+    bad = client.post("/admin/webhooks", data={**form, "url": "javascript:alert(1)"})
+    assert bad.status_code == 422 and "absolute http:// or https:// URL" in bad.text
+    assert 'value="javascript:alert(1)"' in bad.text  # the form comes back filled in
+    none = client.post("/admin/webhooks", data={"csrf_token": csrf, "action": "create", "url": receiver.url})
+    assert none.status_code == 422 and "choose at least one event" in none.text
+
+    receiver.codes = [500]
+    r = client.post("/admin/webhooks", data={"csrf_token": csrf, "action": "test", "webhook_id": str(hook.id)})
+    assert r.status_code == 200 and "Queued test delivery" in r.text
+    deliverer.run_once()
+    page = client.get(f"/admin/webhooks?webhook_id={hook.id}")
+    assert "HTTP 500; attempt 1 of 3" in page.text and 'data-delivery="' in page.text
+    assert _verify(hook.secret, receiver.received[0])
+
+    r = client.post("/admin/webhooks", data={"csrf_token": csrf, "action": "toggle", "webhook_id": str(hook.id)})
+    assert "is paused" in r.text
+    r = client.post("/admin/webhooks", data={"csrf_token": csrf, "action": "rotate_secret", "webhook_id": str(hook.id)})
+    with database.session() as db:
+        rotated = db.get(Webhook, hook.id).secret
+    assert rotated != hook.secret and rotated in r.text
+    r = client.post("/admin/webhooks", data={"csrf_token": csrf, "action": "delete", "webhook_id": str(hook.id)})
+    assert "Deleted webhook" in r.text and _deliveries(database) == []
+    with database.session() as db:
+        actions = {a.action for a in db.scalars(select(AuditLog))}
+    assert {"webhook.create", "webhook.test", "webhook.update", "webhook.rotate_secret", "webhook.delete"} <= actions

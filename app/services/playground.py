@@ -21,6 +21,8 @@ from app.services.webhooks import check_url
 MAX_PROMPT_CHARS = 20_000
 MAX_TOKENS = 2048
 MAX_TEMPERATURE = 2.0
+DEFAULT_MAX_TOKENS = 128
+DEFAULT_TEMPERATURE = 0.7
 
 
 @dataclass
@@ -29,8 +31,8 @@ class Ask:
 
     prompt: str
     system: str = ""
-    max_tokens: int = 128
-    temperature: float = 0.7
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
 
     def __post_init__(self) -> None:
         self.prompt, self.system = self.prompt.strip(), self.system.strip()

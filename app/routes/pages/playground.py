@@ -23,8 +23,11 @@ router = APIRouter(include_in_schema=False)
 def _page(call: PageCall, status: int = 200, **ctx: Any) -> HTMLResponse:
     settings = call.request.app.state.settings
     configured = settings.playground_urls
-    defaults = {"endpoint_a": configured[0] if configured else "", "endpoint_b": configured[1 % len(configured)]
-                if configured else "", "max_tokens": 128, "temperature": 0.7}
+    defaults = {
+        "endpoint_a": configured[0] if configured else "",
+        "endpoint_b": configured[1 % len(configured)] if configured else "",
+        "max_tokens": playground.DEFAULT_MAX_TOKENS, "temperature": playground.DEFAULT_TEMPERATURE,
+    }
     return call.show("admin/playground.html", status, configured=configured,
                      values={**defaults, **(ctx.pop("form", None) or {})}, **ctx)
 
@@ -34,10 +37,11 @@ PLAYGROUND = PageForms(_page, default="ask")
 
 @PLAYGROUND.action("ask")
 async def _ask(call: PageCall) -> dict[str, Any]:
+    max_tokens, temperature = call.integer("max_tokens", "max tokens"), call.number("temperature")
     ask = playground.Ask(
         prompt=call.raw("prompt"), system=call.raw("system"),
-        max_tokens=call.integer("max_tokens", "max tokens") or 128,
-        temperature=0.7 if call.number("temperature") is None else call.number("temperature"),
+        **({"max_tokens": max_tokens} if max_tokens is not None else {}),
+        **({"temperature": temperature} if temperature is not None else {}),
     )
     endpoints = [call.text("endpoint_a"), call.text("endpoint_b")]
     timeout = call.request.app.state.settings.playground_timeout_s
