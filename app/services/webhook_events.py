@@ -10,7 +10,10 @@ transaction, and hands :func:`app.services.webhooks.emit` the event's ``data``:
 * ``policy.deployed``: :func:`app.services.policies.deploy_policy` switched the deployed
   policy (by hand, by a round, or by a human verdict);
 * ``prompt_set.completed``: a ranking filled the last rank slot of a set for the deployed
-  policy (:func:`app.services.submissions.submit_ranking`); sent once per set and policy;
+  policy (:func:`app.services.submissions.submit_ranking`); sent once per set and policy.
+  The set's ``slot_totals`` row says cheaply when slots are still free; only when none is
+  does the full progress count run. (On PostgreSQL, two last rankings committed at the
+  same moment may each see the other's slot unfilled, and the event is then not sent);
 * ``evaluation.finished``: the judgment that completes an evaluation
   (app/services/compare_tasks.py) or its closing (``evaluations.set_status``); sent once
   per evaluation, after a round's human gate settled on it.
@@ -24,7 +27,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import ComparisonJudgment, Evaluation, Policy, PromptSet, TrainingRun, User
+from app.models import ComparisonJudgment, Evaluation, Policy, PromptSet, SlotTotals, TrainingRun, User
 from app.services import webhooks
 
 
@@ -79,6 +82,11 @@ def ranking_stored(db: Session, prompt_set_id: int) -> None:
     """After a new ranking: ``prompt_set.completed`` when the set's rank slots are all filled."""
     if not webhooks.wanted(db, "prompt_set.completed"):
         return
+    deployed = db.scalar(select(Policy).where(Policy.deployed.is_(True)))
+    if deployed is not None and db.scalar(select(SlotTotals.open).where(
+        SlotTotals.prompt_set_id == prompt_set_id, SlotTotals.kind == "rank", SlotTotals.policy_id == deployed.id
+    )):
+        return  # a served pair of the deployed policy has a free slot (one row read): not complete
     from app.services.set_progress import progress  # noqa: PLC0415 - set_progress imports the claims' modules
 
     found = progress(db, prompt_set_id)
@@ -87,7 +95,6 @@ def ranking_stored(db: Session, prompt_set_id: int) -> None:
     total = found[0].total
     if not total.slots or total.slots_filled < total.slots:
         return
-    deployed = db.scalar(select(Policy).where(Policy.deployed.is_(True)))
     ps = db.get(PromptSet, prompt_set_id)
     webhooks.emit(db, "prompt_set.completed", {
         "prompt_set_id": prompt_set_id,
