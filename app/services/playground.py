@@ -92,7 +92,7 @@ async def ask_one(client: httpx.AsyncClient, endpoint: str, ask: Ask) -> Reply:
         choice = body["choices"][0]
         reply.text, reply.finish_reason = choice["message"]["content"], choice.get("finish_reason")
         reply.usage = body.get("usage") or {}
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError, IndexError, TypeError) as exc:
         reply.error = (str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")[:500]
     reply.seconds = round(time.monotonic() - start, 2)
     return reply

@@ -122,7 +122,7 @@ class Deliverer:
         }
         try:
             response = self.client.post(attempt.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - httpx.HTTPError mostly; InvalidURL is not one
             return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS])
         return Outcome(response.is_success, response.status_code, response.text[:EXCERPT_CHARS])
 

@@ -71,8 +71,12 @@ def check_url(url: str, label: str = "url") -> str:
         raise Invalid(f"{label} is required")
     if len(url) > MAX_URL_CHARS:
         raise Invalid(f"{label} is too long ({len(url)} characters; at most {MAX_URL_CHARS})")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        host = None
+    if host is None or parts.scheme not in ("http", "https"):
         raise Invalid(f"{label} must be an absolute http:// or https:// URL with a host, not {url!r}")
     return url
 
