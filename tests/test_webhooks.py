@@ -389,3 +389,12 @@ def test_the_webhooks_page_registers_tests_and_shows_deliveries(quiet_client, ad
     with database.session() as db:
         actions = {a.action for a in db.scalars(select(AuditLog))}
     assert {"webhook.create", "webhook.test", "webhook.update", "webhook.rotate_secret", "webhook.delete"} <= actions
+
+
+def test_the_dashboard_sums_up_deliveries(quiet_client, admin, deliverer, database) -> None:
+    login(quiet_client, "admin")
+    assert 'id="webhook-summary"' not in quiet_client.get("/admin").text
+    hook = _hook(quiet_client, admin, _closed_port_url(), ["round.finished"])
+    quiet_client.post(f"/api/v1/webhooks/{hook['id']}/test", headers=admin.headers)
+    page = " ".join(quiet_client.get("/admin").text.split())
+    assert "0 delivered, 1 pending, 0 failed" in page
