@@ -24,7 +24,8 @@ def _out(hook: Webhook, counts: dict[int, dict[str, int]]) -> WebhookOut:
 
 
 def _created(hook: Webhook) -> WebhookCreated:
-    return WebhookCreated.model_validate(hook).model_copy(update={"secret": hook.secret})
+    """The hook with its secret: only the answers that create or rotate it use this."""
+    return WebhookCreated.model_validate(hook)
 
 
 @router.get("/webhooks", response_model=list[WebhookOut])
