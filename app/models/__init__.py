@@ -13,6 +13,7 @@ from app.models.policies import Completion, Policy, RewardModel
 from app.models.prompts import DEFAULT_SAMPLING, SPLITS, Prompt, PromptSet, PromptSetStatus
 from app.models.training import AuditLog, RunLog, RunMetric, TrainingRun, Worker
 from app.models.users import ROLES, ApiToken, LoginFailure, User, UserSession
+from app.models.webhooks import Webhook, WebhookDelivery
 
 __all__ = [
     "CHOICES",
@@ -47,5 +48,7 @@ __all__ = [
     "TrainingRun",
     "User",
     "UserSession",
+    "Webhook",
+    "WebhookDelivery",
     "Worker",
 ]

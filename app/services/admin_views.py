@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Completion, Policy, Prompt, PromptSet
 from app.models.prompts import PROMPT_SET_STATUSES, SPLITS
-from app.services import audit_view, evaluations, exports, policies, prompt_sets, stats, training, workers
+from app.services import audit_view, evaluations, exports, policies, prompt_sets, stats, training, webhooks, workers
 from app.services.rankings import positions
 
 PROMPTS_PER_PAGE = 25
@@ -37,7 +37,17 @@ def dashboard(db: Session, heartbeat_timeout_s: float) -> dict[str, Any]:
         "labeler_count": sum(1 for s in labelers if s.role == "labeler" and s.is_active),
         "submissions": sum(s.submissions for s in labelers),
         "recent": audit_view.list_entries(db, limit=6),
+        "webhook_deliveries": _summed(webhooks.delivery_counts(db).values()),
     }
+
+
+def _summed(counts: Any) -> dict[str, int]:
+    """Per-hook delivery counts by status, added up (empty without deliveries)."""
+    total: dict[str, int] = defaultdict(int)
+    for per_hook in counts:
+        for status, n in per_hook.items():
+            total[status] += n
+    return dict(total)
 
 
 def prompt_sets_list(db: Session) -> dict[str, Any]:

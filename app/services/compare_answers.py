@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.models import CHOICES, FLAGS, ComparisonJudgment, EvaluationComparison, EvaluationSample, Task, User
 from app.models.base import utcnow
-from app.services import human_gate
+from app.services import human_gate, webhook_events
 from app.services.compare_claims import SIDES, compare_link, relet
 from app.services.errors import Conflict, Invalid
 from app.services.leases import lease_until
@@ -120,6 +120,7 @@ def submit_comparison(
     db.flush()
     # The judgment that completes a round's human evaluation settles its deploy gate.
     human_gate.settle(db, link.evaluation_id)
+    webhook_events.evaluation_judged(db, link.evaluation_id)
     return row, True
 
 

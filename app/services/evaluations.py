@@ -42,7 +42,7 @@ from app.models import (
 )
 from app.models.base import utcnow
 from app.models.evaluations import EVALUATION_STATUSES, OUTCOMES
-from app.services import audit
+from app.services import audit, webhook_events
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.evaluation_reads import (
     games,
@@ -274,6 +274,7 @@ def set_status(db: Session, actor: User | None, ev: Evaluation, status: str) -> 
         from app.services import human_gate
 
         human_gate.settle(db, ev.id)
+        webhook_events.evaluation_closed(db, ev)
     return ev
 
 

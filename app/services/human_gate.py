@@ -142,7 +142,7 @@ def settle(db: Session, evaluation_id: int) -> dict[str, Any] | None:
     run = pending_run(db, ev)
     if run is None:
         return None
-    if ev.status != "closed" and not _all_judged(db, ev):
+    if ev.status != "closed" and not all_judged(db, ev):
         return None  # a cheap count first: most judgments do not complete the evaluation
     gate = dict(((run.metrics or {}).get("gates") or {})[GATE])
     new_id, parent_id = int(gate["new_policy_id"]), int(gate["parent_policy_id"])
@@ -193,7 +193,8 @@ def settle(db: Session, evaluation_id: int) -> dict[str, Any] | None:
     return gate
 
 
-def _all_judged(db: Session, ev: Evaluation) -> bool:
+def all_judged(db: Session, ev: Evaluation) -> bool:
+    """Whether every regular comparison of ``ev`` has its ``overlap`` active judgments."""
     regular = (EvaluationComparison.evaluation_id == ev.id, EvaluationComparison.gold_outcome.is_(None))
     slots = (db.scalar(select(func.count(EvaluationComparison.id)).where(*regular)) or 0) * ev.overlap
     judged = db.scalar(

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app.db import chunks, is_postgres
 from app.models import Completion, Policy, Prompt, PromptSet, RewardModel, Task, TaskStatus, User
 from app.models.base import utcnow
-from app.services import audit
+from app.services import audit, webhook_events
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.prompt_sets import active_prompt_sets as active_prompt_sets  # the sampler's (trainer/sampler.py)
 from app.services.slots import rank_slots_used
@@ -133,6 +133,7 @@ def deploy_policy(db: Session, actor: User | None, policy_id: int, *, reason: st
         previous_id=previous.id if previous else None,
         **({"reason": reason} if reason else {}),
     )
+    webhook_events.policy_deployed(db, actor, policy, previous, reason)
     return policy
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.models import FLAGS, Demonstration, Ranking, SubmissionStatus, Task, TaskStatus, User
 from app.models.base import utcnow
+from app.services import webhook_events
 from app.services.errors import Conflict, Invalid
 from app.services.leases import lease_is_live, lease_until, relet_expired
 from app.services.task_states import LEASED, SKIPPED, SUBMITTED, enter_state, own_task
@@ -207,7 +208,7 @@ def submit_ranking(
     payload_hash = answer_hash(
         {"ranking": groups, "ratings": clean_ratings, "all_unacceptable": bool(all_unacceptable), "comment": comment}
     )
-    return _store(
+    row, created = _store(
         db,
         task,
         Ranking,
@@ -220,6 +221,9 @@ def submit_ranking(
         comment=comment,
         time_spent_s=spent,
     )
+    if created:
+        webhook_events.ranking_stored(db, task.prompt_set_id)  # prompt_set.completed, when it fills the set
+    return row, created
 
 
 # --- demonstrations -----------------------------------------------------------------

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.models import PromptSet, RunLog, RunMetric, TrainingRun, User
 from app.models.base import utcnow
 from app.models.training import DEFAULT_STAGES, POLICY_OPTIMISERS, STAGES
-from app.services import audit
+from app.services import audit, webhook_events
 from app.services.errors import Conflict, Invalid, NotFound
 from trainer.config import (
     ROUND_KEYS,
@@ -165,6 +165,8 @@ def cancel_run(db: Session, actor: User | None, run_id: int) -> TrainingRun:
         run.status = "cancelled"
         run.finished_at = utcnow()
         db.add(RunLog(run_id=run.id, level="warning", message="cancelled before a worker started it"))
+        db.flush()
+        webhook_events.round_finished(db, run.id)
     else:
         run.cancel_requested = True
         db.add(RunLog(run_id=run.id, level="warning", message="cancel requested; stopping at the next step"))

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from app.db import is_postgres
 from app.models import RunLog, RunMetric, TrainingRun, Worker
 from app.models.base import utcnow
+from app.services import webhook_events
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,11 @@ def locked_run(db: Session, lease: Lease) -> TrainingRun | None:
 
 
 def finish_run(db: Session, lease: Lease, status: str, *, error: str | None = None, **values: Any) -> bool:
-    """End the leased run as succeeded, failed or cancelled."""
-    return update_run(db, lease, status=status, error=error, finished_at=utcnow(), **values)
+    """End the leased run as succeeded, failed or cancelled (and queue ``round.finished``)."""
+    ended = update_run(db, lease, status=status, error=error, finished_at=utcnow(), **values)
+    if ended:
+        webhook_events.round_finished(db, lease.run_id)
+    return ended
 
 
 def release_run(db: Session, lease: Lease, reason: str) -> bool:
@@ -243,6 +247,8 @@ def reap_stale_runs(
         result = db.execute(update(TrainingRun).where(match).values(**values))
         if result.rowcount == 1:  # type: ignore[attr-defined]
             add_log(db, run_id, message, "error" if action == "failed" else "warning")
+            if action == "failed":
+                webhook_events.round_finished(db, run_id)
             reaped.append((run_id, action))
     return reaped
 

@@ -14,10 +14,11 @@ from app.routes.api import (
     tasks,
     training,
     users,
+    webhooks,
 )
 from app.schemas.errors import COMMON_ERRORS
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(health.router)
-for module in (users, prompt_sets, tasks, exports, training, policies, stats, completions, audit, evaluations):
+for module in (users, prompt_sets, tasks, exports, training, policies, stats, completions, audit, evaluations, webhooks):
     api_router.include_router(module.router, responses=COMMON_ERRORS)
