@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import httpx
 from sqlalchemy import select
 
 from app.models import User

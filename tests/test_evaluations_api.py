@@ -7,7 +7,6 @@ import json
 import re
 from collections import Counter
 
-from sqlalchemy import select
 
 from app.models import Policy
 from tests.eval_helpers import add_samples, eval_setup
