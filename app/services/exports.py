@@ -19,7 +19,11 @@ Formats (see shared/design.md), each line one JSON object:
 
 ``conversational=True`` gives TRL's conversational form: the prompt as a list of messages
 (``[{"role": "user", "content": ...}]`` or the chat prompt's own messages) and each answer
-as ``[{"role": "assistant", "content": ...}]``.
+as ``[{"role": "assistant", "content": ...}]``. A conversation set's context prompt is the
+whole conversation before the judged reply, so its comparisons share that context as
+``prompt`` and its rankings hold the context plus K replies; its demonstrations are TRL's
+conversational language-modeling rows instead: ``messages`` (the context and the written
+reply), ``prompt_id, demonstration_id, labeler, split``, which SFTTrainer reads as they are.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Demonstration, Policy, Prompt, Ranking, SubmissionStatus, User
+from app.models import Completion, Demonstration, Policy, Prompt, PromptSet, Ranking, SubmissionStatus, User
 from app.services.errors import Invalid
 from app.services.rankings import ordered_pairs
 
@@ -227,13 +231,24 @@ def demonstration_records(
     query = (
         select(
             Demonstration.id, Demonstration.text.label("completion"), Demonstration.prompt_id,
-            Demonstration.created_at, Prompt.text, Prompt.messages, *FILTER_COLUMNS,
+            Demonstration.created_at, Prompt.text, Prompt.messages, PromptSet.kind.label("set_kind"),
+            *FILTER_COLUMNS,
         )
         .join(Prompt, Prompt.id == Demonstration.prompt_id)
+        .join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
         .join(User, User.id == Demonstration.labeler_id)
     )
     for rows in _batches(db, Demonstration, query, flt, batch):
         for r in rows:
+            if conversational and r.set_kind == "conversation":
+                yield {
+                    "messages": [*_prompt_value(r.text, r.messages, True), *_answer(r.completion, True)],
+                    "prompt_id": r.prompt_id,
+                    "demonstration_id": r.id,
+                    "labeler": r.username,
+                    "split": r.split,
+                }
+                continue
             yield {
                 "prompt": _prompt_value(r.text, r.messages, conversational),
                 "completion": _answer(r.completion, conversational),
@@ -306,4 +321,9 @@ def stream(
     if fmt not in FORMATS:
         raise Invalid(f"unknown format {fmt!r}; use jsonl or csv")
     rows = records(db, kind, flt, conversational, batch)
-    return to_jsonl(rows) if fmt == "jsonl" else to_csv(rows, COLUMNS[kind])
+    return to_jsonl(rows) if fmt == "jsonl" else to_csv(rows, csv_columns(kind, conversational))
+
+
+def csv_columns(kind: str, conversational: bool) -> list[str]:
+    """A CSV export's header: conversational demonstrations add a conversation set's ``messages``."""
+    return COLUMNS[kind] + (["messages"] if kind == "demonstrations" and conversational else [])
