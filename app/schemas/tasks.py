@@ -156,6 +156,7 @@ class ContinuationIn(BaseModel):
         description="the assistant reply to continue (default: the task's); a best-ranked or written "
         "reply of the same context",
     )
+    time_spent_s: float | None = None
 
 
 class ContinuationOut(BaseModel):
@@ -200,6 +201,10 @@ class ProgressOut(BaseModel):
     holding: int = Field(description="tasks this labeler holds a live lease on")
     rank_left: int = Field(description="rank tasks this labeler can take now")
     demonstrate_left: int
+    continued: int = Field(default=0, description="conversation sets: user turns this labeler wrote")
+    continue_left: int = Field(
+        default=0, description="conversation sets: best-ranked or written replies this labeler can continue now"
+    )
     waiting_for_completions: int = Field(
         description="prompts this labeler could rank once the sampler has produced their completions"
     )

@@ -329,6 +329,7 @@ def submit_continuation(
     text: str,
     reply_id: int | None = None,
     max_chars: int,
+    time_spent_s: float | None = None,
     now: datetime | None = None,
 ) -> tuple[ConversationNode, bool]:
     """Store the next user turn of a continue task. Returns (the new user node, created).
@@ -339,7 +340,7 @@ def submit_continuation(
     identical turn again returns the stored node (``created`` False); a different one on a
     submitted task is a Conflict. Run it inside :func:`app.db.transact`.
     """
-    from app.services.submissions import check_kind, check_open
+    from app.services.submissions import check_kind, check_open, check_time_spent
 
     now = now or utcnow()
     task = own_task(db, task_id, user, lock=True)
@@ -349,6 +350,7 @@ def submit_continuation(
         raise Invalid("the turn is empty; write what the user says next")
     if len(body) > max_chars:
         raise Invalid(f"the turn is too long ({len(body)} characters; at most {max_chars})")
+    spent = check_time_spent(time_spent_s)
     ps = get_prompt_set(db, task.prompt_set_id)
     cs = settings_of(ps)
     context = db.scalar(select(ConversationNode).where(ConversationNode.prompt_id == task.prompt_id))
@@ -397,7 +399,7 @@ def submit_continuation(
     db.add(prompt)
     db.flush()
     node = _child(reply, "user", body, NodeSource.CONTINUATION, prompt_id=prompt.id, task_id=task.id,
-                  author_id=user.id, created_at=now)
+                  author_id=user.id, time_spent_s=spent, created_at=now)
     db.add(node)
     task.node_id = reply.id
     enter_state(task, SUBMITTED, submitted_at=now)
@@ -420,6 +422,14 @@ def undo_continuation(db: Session, task: Task) -> dict[str, Any]:
         db.execute(delete(Prompt).where(Prompt.id == prompt_id))
     db.expire_all()
     return previous
+
+
+def open_reply_count(db: Session, ps: PromptSet, labeler_id: int, now: datetime | None = None) -> int:
+    """Replies of a conversation set this labeler could be given a continue task for now."""
+    if not is_conversation(ps):
+        return 0
+    query = _open_replies(ps, settings_of(ps), labeler_id, now or utcnow()).limit(None).order_by(None)
+    return db.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 
 # --- what a task shows --------------------------------------------------------------

@@ -100,7 +100,7 @@ def validate_ratings(task: Task, ratings: Mapping[str, Mapping[str, Any]]) -> di
     return dict(sorted(clean.items(), key=lambda kv: int(kv[0])))
 
 
-def _time_spent(value: float | None) -> float | None:
+def check_time_spent(value: float | None) -> float | None:
     if value is None:
         return None
     if not 0 <= value <= MAX_TIME_SPENT_S:
@@ -204,7 +204,7 @@ def submit_ranking(
     comment = (comment or "").strip()
     if len(comment) > MAX_COMMENT_CHARS:
         raise Invalid(f"comment is too long ({len(comment)} characters; at most {MAX_COMMENT_CHARS})")
-    spent = _time_spent(time_spent_s)
+    spent = check_time_spent(time_spent_s)
     payload_hash = _hash(
         {"ranking": groups, "ratings": clean_ratings, "all_unacceptable": bool(all_unacceptable), "comment": comment}
     )
@@ -248,7 +248,7 @@ def submit_demonstration(
         raise Invalid("the demonstration is empty; write the response you would want the assistant to give")
     if len(body) > max_chars:
         raise Invalid(f"the demonstration is too long ({len(body)} characters; at most {max_chars})")
-    spent = _time_spent(time_spent_s)
+    spent = check_time_spent(time_spent_s)
     payload_hash = _hash({"text": body})
     row, created = _store(db, task, Demonstration, "demonstration", payload_hash, now, text=body, time_spent_s=spent)
     if created:

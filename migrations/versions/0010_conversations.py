@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("demonstration_id", sa.Integer(), nullable=True),
         sa.Column("task_id", sa.Integer(), nullable=True),
         sa.Column("author_id", sa.Integer(), nullable=True),
+        sa.Column("time_spent_s", sa.Float(), nullable=True),
         sa.Column("best_votes", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(

@@ -219,7 +219,7 @@ def submit_continuation(
     def work() -> tuple[ContinuationOut, bool]:
         node, created = conversations.submit_continuation(
             db, task_id, principal.user, text=body.text, reply_id=body.reply_id,
-            max_chars=settings.max_demonstration_chars,
+            max_chars=settings.max_demonstration_chars, time_spent_s=body.time_spent_s,
         )
         out = ContinuationOut.model_validate(
             {
