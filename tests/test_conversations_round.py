@@ -36,7 +36,7 @@ def _replies(i: int) -> list[str]:
 
 def test_a_round_on_a_conversation_set_trains_sft_rm_and_ppo_on_conversations(settings, database, tiny_base) -> None:
     s = fast_settings(settings)
-    v0 = bootstrap_v0(s, database, tiny_base)
+    bootstrap_v0(s, database, tiny_base)
     with database.session() as db:
         ps = prompt_sets.create_prompt_set(
             db, None, name="chats", k=3, kind="conversation", demonstration_share=1.0,
