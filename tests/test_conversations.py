@@ -181,6 +181,7 @@ def test_limits_give_clear_errors(client, database, admin, make_account) -> None
     ps, seed, ids, best = _ranked_seed(client, database, admin, ranker, k=2, branching=2, max_context_chars=300)
     task = _next(client, writer, ps["id"], "continue").json()
     assert _continue(client, writer, task["id"], "   ").status_code == 422
+    assert _continue(client, writer, task["id"], "a\x00b").status_code == 422
     never_best = _ranked_reply_node(database, ids[0])
     r = _continue(client, writer, task["id"], "Go on", reply_id=never_best)
     assert r.status_code == 422 and "never ranked best" in r.json()["detail"]

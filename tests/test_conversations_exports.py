@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from app.services import exports
+
 from tests.conversation_helpers import context_prompt_ids, deploy_chat_policy, sample_replies
 
 SEED = "Suggest a name for a cat."
@@ -93,7 +95,9 @@ def test_conversational_exports_carry_the_whole_context(client, admin, two_turns
     assert {d["completion"] for d in plain} >= {"Pip."} and all(isinstance(d["prompt"], str) for d in plain)
     csv = client.get(f"/api/v1/exports/demonstrations.csv?format=conversational&prompt_set_id={two_turns['set_id']}",
                      headers=admin.headers).text
-    assert csv.splitlines()[0].endswith(",messages") and '""content"": ""Pip.""' in csv
+    # CSV keeps its fixed columns: the context as prompt, the reply as completion
+    assert csv.splitlines()[0] == ",".join(exports.COLUMNS["demonstrations"])
+    assert '""content"": ""Pip.""' in csv and '""content"": ""Something shorter?""' in csv
 
 
 def test_datasets_and_trl_take_the_files_as_they_are(client, admin, two_turns, tmp_path) -> None:

@@ -350,6 +350,8 @@ def submit_continuation(
         raise Invalid("the turn is empty; write what the user says next")
     if len(body) > max_chars:
         raise Invalid(f"the turn is too long ({len(body)} characters; at most {max_chars})")
+    if "\x00" in body:
+        raise Invalid("the turn contains a NUL character")
     spent = check_time_spent(time_spent_s)
     ps = get_prompt_set(db, task.prompt_set_id)
     cs = settings_of(ps)
@@ -439,11 +441,12 @@ def task_conversation(db: Session, task: Task, prompt: Prompt) -> tuple[list[dic
     """For a task on a conversation context: the messages it shows and where it stands in
     the tree (``conversation``), or None for other prompts. A continue task's messages end
     with the reply being continued."""
+    ps = db.get(PromptSet, task.prompt_set_id)  # usually in the session already (the claim loaded it)
+    if ps is None or not is_conversation(ps):
+        return None
     context = db.scalar(select(ConversationNode).where(ConversationNode.prompt_id == prompt.id))
     if context is None:
         return None
-    ps = db.get(PromptSet, task.prompt_set_id)
-    assert ps is not None
     cs = settings_of(ps)
     messages = context_messages(prompt)
     info: dict[str, Any] = {
