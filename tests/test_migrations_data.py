@@ -185,6 +185,10 @@ NEW_COLUMNS: dict[tuple[str, str], Callable[[dict[str, Any], dict[str, list[dict
     ("training_runs", "deploy_force"): lambda row, rows: False,
     # 0007: the round waiting on an evaluation's verdict: none for evaluations made by hand.
     ("evaluations", "training_run_id"): lambda row, rows: None,
+    # 0010: every existing set holds single-turn prompts; no old task continues a conversation.
+    ("prompt_sets", "kind"): lambda row, rows: "prompts",
+    ("prompt_sets", "conversation"): lambda row, rows: None,
+    ("tasks", "node_id"): lambda row, rows: None,
 }
 
 

@@ -19,6 +19,7 @@ TASK_KEYS = {
     "prompt_id",
     "prompt",
     "messages",
+    "conversation",
     "completions",
     "lease_expires_at",
     "created_at",

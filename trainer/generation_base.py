@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trainer.prompting import encode_prompt, render_prompt
+from trainer.prompting import encode_prompt, fit_messages, render_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,17 @@ def encode_request(tokenizer: Any, request: GenRequest, max_prompt_tokens: int |
     return tuple(encode_prompt(tokenizer, request_prompt_text(tokenizer, request), max_prompt_tokens, request.key))
 
 
+def fit_request(tokenizer: Any, request: GenRequest, max_prompt_tokens: int | None = None) -> tuple[tuple[int, ...], int]:
+    """Token ids of a request's prompt and how many of its oldest messages were cut so that
+    it fits (:func:`trainer.prompting.fit_messages`: whole exchanges, system messages kept),
+    then left-truncated to ``max_prompt_tokens`` if even that is too long."""
+    if request.messages is None or max_prompt_tokens is None:
+        return encode_request(tokenizer, request, max_prompt_tokens), 0
+    kept, dropped = fit_messages(tokenizer, request.messages, max_prompt_tokens)
+    text = render_prompt(tokenizer, None, kept)
+    return tuple(encode_prompt(tokenizer, text, max_prompt_tokens, request.key)), dropped
+
+
 def duplicate_slots(texts: Sequence[str | None]) -> list[int]:
     """Indexes of texts whose stripped form already appeared earlier (``None`` skipped)."""
     seen: set[str] = set()
@@ -183,9 +194,11 @@ class BaseGenerator(abc.ABC):
 
     def _generate_group(self, requests: list[GenRequest], params: SamplingParams) -> list[list[GenResult]]:
         max_prompt = self._max_prompt_tokens(params)
-        prompt_ids = [encode_request(self.tokenizer, r, max_prompt) for r in requests]
+        fitted = [fit_request(self.tokenizer, r, max_prompt) for r in requests]
+        prompt_ids = [ids for ids, _ in fitted]
+        cuts = [cut for _, cut in fitted]
         if params.greedy:
-            return self._generate_greedy(requests, prompt_ids, params)
+            return self._generate_greedy(requests, prompt_ids, params, cuts)
         slots: list[list[Draw | None]] = [[None] * r.k for r in requests]
         for round_index in range(self.max_redraw_rounds + 1):
             missing = [[i for i, d in enumerate(s) if d is None] for s in slots]
@@ -197,7 +210,7 @@ class BaseGenerator(abc.ABC):
             if not self._clear_duplicates(slots):
                 break
         self._log_remaining_duplicates(requests, slots)
-        return [self._results(r, s, params) for r, s in zip(requests, slots)]
+        return [self._results(r, s, params, cut) for r, s, cut in zip(requests, slots, cuts)]
 
     def _fill(
         self,
@@ -236,16 +249,20 @@ class BaseGenerator(abc.ABC):
                 )
 
     def _generate_greedy(
-        self, requests: list[GenRequest], prompt_ids: list[tuple[int, ...]], params: SamplingParams
+        self, requests: list[GenRequest], prompt_ids: list[tuple[int, ...]], params: SamplingParams, cuts: list[int]
     ) -> list[list[GenResult]]:
         """Greedy decoding is deterministic: draw once per prompt and repeat it K times."""
         if any(r.k > 1 for r in requests):
             logger.warning("temperature 0 (greedy): the K completions of a prompt are identical")
         draws = self._draw([DrawJob(ids, 1) for ids in prompt_ids], params)
-        return [self._results(r, d * r.k, params) for r, d in zip(requests, draws)]
+        return [self._results(r, d * r.k, params, cut) for r, d, cut in zip(requests, draws, cuts)]
 
-    def _results(self, request: GenRequest, draws: Sequence[Draw | None], params: SamplingParams) -> list[GenResult]:
-        record = {**params.to_dict(), "backend": self.backend}
+    def _results(
+        self, request: GenRequest, draws: Sequence[Draw | None], params: SamplingParams, context_cut: int = 0
+    ) -> list[GenResult]:
+        """The results of one request; ``context_cut`` (messages cut from the front of a long
+        conversation, :func:`fit_request`) is recorded in their params when there was a cut."""
+        record = {**params.to_dict(), "backend": self.backend, **({"context_cut": context_cut} if context_cut else {})}
         return [
             GenResult(
                 key=request.key,

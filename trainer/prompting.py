@@ -10,7 +10,9 @@ and judged by exactly what labelers were shown:
 * :func:`encode_rendered` tokenises a rendered prompt (special tokens only for raw text:
   a chat template already carries its BOS);
 * :func:`prompt_token_limit` and :func:`encode_prompt` keep the last tokens of a prompt
-  that would not leave room for the response;
+  that would not leave room for the response; :func:`fit_messages` first cuts a
+  conversation from its oldest turns, keeping its system messages, so a long chat loses
+  whole exchanges rather than the middle of one;
 * :func:`encode_prompt_response` joins a rendered prompt and a response (EOS appended) for
   the training stages, cutting the prompt from the left when the pair is too long;
 * :func:`pad_token_id` is the pad id (EOS for tokenizers without a pad token);
@@ -100,6 +102,34 @@ def encode_prompt(tokenizer: Any, text: str, limit: int | None = None, key: Any 
     if not ids:
         raise ValueError(f"prompt {key!r} encodes to zero tokens")
     return ids
+
+
+def fit_messages(
+    tokenizer: Any, messages: Sequence[Message], limit: int | None
+) -> tuple[list[Message], int]:
+    """The conversation cut from its oldest turns until its rendered prompt fits in
+    ``limit`` tokens: ``(messages kept, messages dropped)``.
+
+    Leading system messages always stay. Whole exchanges go, oldest first: from the first
+    message after the system ones up to the next user message, so what is kept still
+    starts with a user turn. The last user turn always stays; if even that is too long,
+    :func:`encode_prompt` keeps its last tokens.
+    """
+    msgs = [dict(m) for m in messages]
+    n_system = 0
+    while n_system < len(msgs) and msgs[n_system].get("role") == "system":
+        n_system += 1
+    system, rest = msgs[:n_system], msgs[n_system:]
+    dropped = 0
+    while limit is not None:
+        if len(encode_rendered(tokenizer, render_prompt(tokenizer, None, system + rest))) <= limit:
+            break
+        cut = next((i for i in range(1, len(rest)) if rest[i].get("role") == "user"), None)
+        if cut is None:
+            break
+        rest = rest[cut:]
+        dropped += cut
+    return system + rest, dropped
 
 
 def _as_ids(value: Any) -> list[int]:

@@ -33,7 +33,7 @@ from sqlalchemy import text
 from app.config import Settings
 from app.db import Database
 from app.models import DEFAULT_SAMPLING, Policy
-from app.services import policies
+from app.services import chat_templates, conversations, policies
 from trainer import artifacts
 from trainer.generator_source import GeneratorSource, close_generator
 
@@ -45,6 +45,7 @@ class LoadedPolicy:
     id: int
     version: int
     generator: Any
+    chat_template: bool = True  # conversation sets are sampled only with one (never flattened)
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Sampler(GeneratorSource):
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, never fatal
             self._load_failed(policy_id, version, exc)
             return False
-        self.loaded = LoadedPolicy(policy_id, version, generator)
+        self.loaded = LoadedPolicy(policy_id, version, generator, chat_templates.has_chat_template(path))
         self._waiting_on = None
         backend = getattr(generator, "backend", type(generator).__name__)
         logger.info(
@@ -173,6 +174,14 @@ class Sampler(GeneratorSource):
                 db.expunge(plan.prompt_set)
                 for prompt, _ in plan.prompts:
                     db.expunge(prompt)
+        if not self.loaded.chat_template:
+            skipped = [p.prompt_set.name for p in plans if conversations.is_conversation(p.prompt_set)]
+            if skipped:
+                logger.error(
+                    "sampler: policy v%d has no chat template; not sampling conversation set(s) %s "
+                    "(a conversation is never flattened into plain text)", self.loaded.version, ", ".join(skipped),
+                )
+            plans = [p for p in plans if not conversations.is_conversation(p.prompt_set)]
         plans.sort(key=lambda p: (p.fill, p.prompt_set.id))
         for plan in plans:
             plan.prompts = [(p, n) for p, n in plan.prompts if p.id not in self._bad_prompts][: max(0, budget)]

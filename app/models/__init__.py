@@ -1,5 +1,6 @@
 """All ORM models; importing this package registers every table on ``Base.metadata``."""
 
+from app.models.conversations import ConversationNode, NodeSource
 from app.models.evaluations import (
     CHOICES,
     CompareTask,
@@ -30,8 +31,10 @@ __all__ = [
     "ApiToken",
     "AuditLog",
     "Completion",
+    "ConversationNode",
     "Demonstration",
     "LoginFailure",
+    "NodeSource",
     "Policy",
     "Prompt",
     "PromptSet",

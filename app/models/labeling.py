@@ -14,7 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base
 from app.models.base import UTCDateTime, utcnow
 
-TASK_KINDS = ("rank", "demonstrate")
+TASK_KINDS = ("rank", "demonstrate", "continue")
 
 
 class TaskStatus(StrEnum):
@@ -66,6 +66,7 @@ class Task(Base):
         Index("ix_tasks_policy_prompt_kind_status", "policy_id", "prompt_id", "kind", "status"),
         # live leases of a set (the labeler's progress: when a full prompt may open up)
         Index("ix_tasks_set_status_lease", "prompt_set_id", "status", "lease_expires_at"),
+        Index("ix_tasks_node_kind", "node_id", "kind"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -79,6 +80,10 @@ class Task(Base):
     policy_id: Mapped[int | None] = mapped_column(
         ForeignKey("policies.id", ondelete="SET NULL"), default=_policy_of_first_completion
     )
+    # continue tasks: the assistant node (app/models/conversations.py) whose next user turn
+    # the labeler writes; continue slots are counted per node (no FK: SQLite drops a plain
+    # column only when no constraint names it)
+    node_id: Mapped[int | None] = mapped_column(Integer)
     lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     skip_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

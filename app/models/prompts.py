@@ -23,6 +23,7 @@ class PromptSetStatus(StrEnum):
 
 
 PROMPT_SET_STATUSES = tuple(s.value for s in PromptSetStatus)
+PROMPT_SET_KINDS = ("prompts", "conversation")
 SPLITS = ("train", "validation")
 DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 128}
 
@@ -39,6 +40,10 @@ class PromptSet(Base):
     sampling: Mapped[dict[str, Any]] = mapped_column(JSON, default=lambda: dict(DEFAULT_SAMPLING))
     demonstration_share: Mapped[float] = mapped_column(Float, default=0.0)
     status: Mapped[str] = mapped_column(String(16), default=PromptSetStatus.ACTIVE.value, index=True)
+    # "prompts" (single-turn) or "conversation" (trees of turns, app/models/conversations.py)
+    kind: Mapped[str] = mapped_column(String(16), default="prompts", server_default="prompts")
+    # conversation sets: max_turns, branching, max_context_chars (app/services/conversations.py)
+    conversation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

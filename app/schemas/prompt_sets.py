@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.errors import ErrorOut
+from app.services.conversation_settings import BOUNDS, ConversationSettings
 
 Status = Literal["active", "paused", "archived"]
 Split = Literal["train", "validation"]
@@ -21,6 +22,38 @@ class Sampling(BaseModel):
     max_new_tokens: int = Field(default=128, ge=1, le=8192)
 
 
+_DEFAULTS = ConversationSettings()
+
+
+class ConversationSettingsBase(BaseModel):
+    """A conversation set's limits (checked again, with the same bounds, by the service)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_turns: int = Field(
+        default=_DEFAULTS.max_turns, ge=BOUNDS["max_turns"][0], le=BOUNDS["max_turns"][1],
+        description="user turns per conversation (the seed is turn 1)",
+    )
+    branching: int = Field(
+        default=_DEFAULTS.branching, ge=BOUNDS["branching"][0], le=BOUNDS["branching"][1],
+        description="user turns that may continue one assistant reply",
+    )
+    max_context_chars: int = Field(
+        default=_DEFAULTS.max_context_chars, ge=BOUNDS["max_context_chars"][0], le=BOUNDS["max_context_chars"][1],
+        description="characters a conversation may reach; a longer turn is refused",
+    )
+
+
+class ConversationSettingsIn(ConversationSettingsBase):
+    rankers_per_node: int | None = Field(
+        default=None, ge=1, le=50, description="labelers who rank each context's replies (sets the set's overlap)"
+    )
+
+
+class ConversationSettingsOut(ConversationSettingsBase):
+    """Rankers per node is the set's ``overlap``."""
+
+
 class PromptSetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -32,6 +65,10 @@ class PromptSetCreate(BaseModel):
     sampling: Sampling = Field(default_factory=Sampling)
     demonstration_share: float = Field(default=0.0, ge=0, le=1)
     status: Status = "active"
+    kind: Literal["prompts", "conversation"] = Field(
+        default="prompts", description="conversation: multi-turn trees labelers carry on with the deployed policy"
+    )
+    conversation: ConversationSettingsIn | None = Field(default=None, description='for kind "conversation"')
 
 
 class PromptSetUpdate(BaseModel):
@@ -59,6 +96,8 @@ class PromptSetOut(BaseModel):
     sampling: dict[str, Any]
     demonstration_share: float
     status: str
+    kind: str
+    conversation: ConversationSettingsOut | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -19,12 +19,26 @@ class NextTaskIn(BaseModel):
 
     prompt_set_id: int | None = None
     evaluation_id: int | None = None
-    kind: Literal["rank", "demonstrate", "compare"] = "rank"
+    kind: Literal["rank", "demonstrate", "continue", "compare"] = "rank"
 
 
 class MessageOut(BaseModel):
     role: str
     content: str
+
+
+class TaskConversationOut(BaseModel):
+    """Where a task on a conversation set stands in its tree."""
+
+    tree_id: int = Field(description="the seed node of the conversation tree")
+    context_node_id: int = Field(description="the user node the context ends with")
+    reply_node_id: int | None = Field(
+        default=None, description="continue tasks: the assistant reply the next user turn follows"
+    )
+    turn: int = Field(description="the user turn being judged, answered or (continue) written, from 1")
+    max_turns: int
+    context_chars: int = Field(description="characters of the conversation shown")
+    max_context_chars: int
 
 
 class CompletionOut(BaseModel):
@@ -39,13 +53,18 @@ class TaskOut(BaseModel):
     """
 
     id: int
-    kind: Literal["rank", "demonstrate"]
+    kind: Literal["rank", "demonstrate", "continue"]
     status: str
     prompt_set_id: int
     prompt_id: int
     prompt: str = Field(description="the prompt text, or the last user turn of a chat prompt")
     messages: list[MessageOut] | None = Field(
-        default=None, description="the whole chat for a chat prompt (earlier turns first), else null"
+        default=None,
+        description="the whole chat for a chat prompt (earlier turns first), else null; a continue "
+        "task's ends with the assistant reply to continue",
+    )
+    conversation: TaskConversationOut | None = Field(
+        default=None, description="conversation sets: the task's place in its tree"
     )
     completions: list[CompletionOut] = Field(
         default_factory=list, description="the K completions in display order (empty for demonstrations)"
@@ -126,6 +145,35 @@ class DemonstrationOut(BaseModel):
     undo_until: datetime
 
 
+class ContinuationIn(BaseModel):
+    """The next user turn of a continue task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    reply_id: int | None = Field(
+        default=None,
+        description="the assistant reply to continue (default: the task's); a best-ranked or written "
+        "reply of the same context",
+    )
+    time_spent_s: float | None = None
+
+
+class ContinuationOut(BaseModel):
+    """The user node a continuation added to the tree; its context goes to the sampler."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="the new user node")
+    task_id: int
+    parent_id: int = Field(description="the assistant reply it continues")
+    prompt_id: int = Field(description="the new context, as a chat prompt the sampler answers")
+    content: str
+    turn: int
+    created_at: datetime
+    undo_until: datetime
+
+
 class SkipIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -153,6 +201,10 @@ class ProgressOut(BaseModel):
     holding: int = Field(description="tasks this labeler holds a live lease on")
     rank_left: int = Field(description="rank tasks this labeler can take now")
     demonstrate_left: int
+    continued: int = Field(default=0, description="conversation sets: user turns this labeler wrote")
+    continue_left: int = Field(
+        default=0, description="conversation sets: best-ranked or written replies this labeler can continue now"
+    )
     waiting_for_completions: int = Field(
         description="prompts this labeler could rank once the sampler has produced their completions"
     )

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from app.models import TASK_KINDS, Completion, Prompt, PromptSet, Slot, Task, User
 from app.models.base import UTCDateTime, utcnow
+from app.services import conversations
 from app.services.errors import Invalid
 from app.services.leases import expire_lapsed, held_task, lease_until, relet_lapsed
 from app.services.prompt_sets import get_prompt_set, is_serving
@@ -209,6 +210,8 @@ def next_task(
     now = now or utcnow()
     rng = rng or random.Random()
     ps = get_prompt_set(db, prompt_set_id)
+    if kind == "continue" and not conversations.is_conversation(ps):
+        raise Invalid(f"prompt set {ps.id} is not a conversation set; continue tasks need one")
     if not is_serving(ps):
         return None
     # Serialise this labeler's own concurrent requests (two tabs, double clicks).
@@ -218,6 +221,12 @@ def next_task(
         return held
     expire_lapsed(db, user.id, now)
     reap_lapsed(db, ps.id, now)
+
+    if kind == "continue":  # slots per reply node, against the set's branching limit
+        found = conversations.claim_continue(db, ps, user.id, now)
+        if found is None:
+            return None
+        return _new_task(db, ps, user, kind, found[0], None, [], now, lease_minutes, node_id=found[1])
 
     params = {"ps_id": ps.id, "ps_k": ps.k, "ps_overlap": ps.overlap, "labeler_id": user.id, "now": now}
     claimed: tuple[int, int | None, list[int]] | None = None
@@ -241,6 +250,22 @@ def next_task(
         return None
 
     prompt_id, policy_id, completion_ids = claimed
+    return _new_task(db, ps, user, kind, prompt_id, policy_id, completion_ids, now, lease_minutes)
+
+
+def _new_task(
+    db: Session,
+    ps: PromptSet,
+    user: User,
+    kind: str,
+    prompt_id: int,
+    policy_id: int | None,
+    completion_ids: list[int],
+    now: datetime,
+    lease_minutes: float,
+    node_id: int | None = None,
+) -> Task:
+    """Insert the claimed task, leased to ``user``."""
     ids = list(completion_ids)
     # display order: fixed per (labeler, pair), stored with the task
     random.Random(f"task:{user.id}:{prompt_id}:{policy_id}").shuffle(ids)
@@ -252,6 +277,7 @@ def next_task(
         status=LEASED.value,
         completion_ids=ids,
         policy_id=policy_id,
+        node_id=node_id,
         lease_expires_at=lease_until(now, lease_minutes),
         created_at=now,
     )

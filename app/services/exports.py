@@ -19,7 +19,12 @@ Formats (see shared/design.md), each line one JSON object:
 
 ``conversational=True`` gives TRL's conversational form: the prompt as a list of messages
 (``[{"role": "user", "content": ...}]`` or the chat prompt's own messages) and each answer
-as ``[{"role": "assistant", "content": ...}]``.
+as ``[{"role": "assistant", "content": ...}]``. A conversation set's context prompt is the
+whole conversation before the judged reply, so its comparisons share that context as
+``prompt`` and its rankings hold the context plus K replies; its demonstrations are TRL's
+conversational language-modeling rows instead: ``messages`` (the context and the written
+reply), ``prompt_id, demonstration_id, labeler, split``, which SFTTrainer reads as they are
+(in CSV, whose columns are fixed, they keep ``prompt`` and ``completion``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Demonstration, Policy, Prompt, Ranking, SubmissionStatus, User
+from app.models import Completion, Demonstration, Policy, Prompt, PromptSet, Ranking, SubmissionStatus, User
 from app.services.errors import Invalid
 from app.services.rankings import ordered_pairs
 
@@ -219,21 +224,35 @@ def ranking_records(
 
 
 def demonstration_records(
-    db: Session, flt: ExportFilter, conversational: bool = False, batch: int = BATCH
+    db: Session, flt: ExportFilter, conversational: bool = False, batch: int = BATCH, as_messages: bool = True
 ) -> Iterator[dict[str, Any]]:
+    """One record per active demonstration. Conversational ones of a conversation set are
+    ``messages`` rows when ``as_messages`` (JSONL); a CSV keeps its fixed columns, with the
+    context as ``prompt`` and the reply as ``completion``."""
     flt.check()
     if flt.policy_id is not None:
         return  # demonstrations are written by people, not sampled by a policy
     query = (
         select(
             Demonstration.id, Demonstration.text.label("completion"), Demonstration.prompt_id,
-            Demonstration.created_at, Prompt.text, Prompt.messages, *FILTER_COLUMNS,
+            Demonstration.created_at, Prompt.text, Prompt.messages, PromptSet.kind.label("set_kind"),
+            *FILTER_COLUMNS,
         )
         .join(Prompt, Prompt.id == Demonstration.prompt_id)
+        .join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
         .join(User, User.id == Demonstration.labeler_id)
     )
     for rows in _batches(db, Demonstration, query, flt, batch):
         for r in rows:
+            if conversational and as_messages and r.set_kind == "conversation":
+                yield {
+                    "messages": [*_prompt_value(r.text, r.messages, True), *_answer(r.completion, True)],
+                    "prompt_id": r.prompt_id,
+                    "demonstration_id": r.id,
+                    "labeler": r.username,
+                    "split": r.split,
+                }
+                continue
             yield {
                 "prompt": _prompt_value(r.text, r.messages, conversational),
                 "completion": _answer(r.completion, conversational),
@@ -245,15 +264,17 @@ def demonstration_records(
 
 
 def records(
-    db: Session, kind: str, flt: ExportFilter, conversational: bool = False, batch: int = BATCH
+    db: Session, kind: str, flt: ExportFilter, conversational: bool = False, batch: int = BATCH,
+    as_messages: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """The records of one export kind (comparisons, rankings or demonstrations)."""
+    """The records of one export kind (comparisons, rankings or demonstrations);
+    ``as_messages``: see :func:`demonstration_records`."""
     if kind == "comparisons":
         return comparison_records(db, flt, conversational, batch)
     if kind == "rankings":
         return ranking_records(db, flt, conversational, batch)
     if kind == "demonstrations":
-        return demonstration_records(db, flt, conversational, batch)
+        return demonstration_records(db, flt, conversational, batch, as_messages)
     raise Invalid(f"unknown export {kind!r}; use one of {', '.join(KINDS)}")
 
 
@@ -305,5 +326,5 @@ def stream(
     """The encoded export, chunk by chunk; memory is bounded by ``batch`` rows, not the total."""
     if fmt not in FORMATS:
         raise Invalid(f"unknown format {fmt!r}; use jsonl or csv")
-    rows = records(db, kind, flt, conversational, batch)
+    rows = records(db, kind, flt, conversational, batch, as_messages=fmt == "jsonl")
     return to_jsonl(rows) if fmt == "jsonl" else to_csv(rows, COLUMNS[kind])

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.models import SPLITS, Prompt, PromptSet, User
-from app.services import audit
+from app.services import audit, conversations
 from app.services.errors import Conflict, Invalid, TooLarge, Unsupported
 from app.services.prompt_sets import content_hash, split_for, wants_demonstration
 
@@ -318,8 +318,19 @@ def import_rows(
 ) -> ImportResult:
     """Insert validated rows, skipping hashes already in the set or seen earlier in ``rows``.
 
-    Flushes but does not commit. ``progress(n)`` is called as rows are handled.
+    Flushes but does not commit. ``progress(n)`` is called as rows are handled. In a
+    conversation set every row is a seed (an opening user message,
+    :func:`app.services.conversations.seed_problem`) and becomes the root of a tree.
     """
+    is_conversation = conversations.is_conversation(prompt_set)
+    if is_conversation:
+        bad = [
+            LineError(r.line, why)
+            for r in rows
+            if (why := conversations.seed_problem(prompt_set, r.text, r.messages)) is not None
+        ]
+        if bad:
+            raise ImportFailed(bad[:MAX_ERRORS], len(bad))
     duplicates = 0
     seen: set[str] = set()
     fresh: list[PromptRow] = []
@@ -367,6 +378,8 @@ def import_rows(
                 progress(imported)
     except IntegrityError as exc:
         raise Conflict("another import added some of these prompts at the same time; retry") from exc
+    if is_conversation:
+        conversations.add_seeds(db, prompt_set, [r.content_hash for r in fresh])
     audit.record(
         db, actor, "prompts.import", "prompt_set", prompt_set.id,
         imported=imported, duplicates=duplicates, source=source,

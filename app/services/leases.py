@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 
 from app.models import PromptSet, Task, TaskStatus, User
 from app.models.base import utcnow
+from app.services import conversations
 from app.services.errors import Conflict
 from app.services.prompt_sets import get_prompt_set
-from app.services.slots import MINE, check_slot, live_lease, lock_pair
+from app.services.slots import MINE, SlotCheck, check_slot, live_lease, lock_pair
 from app.services.task_states import EXPIRED, LEASED, enter_state, entered_from, own_task
 
 
@@ -30,6 +31,21 @@ def lease_until(now: datetime, lease_minutes: float) -> datetime:
 def lease_is_live(task: Task, now: datetime) -> bool:
     """The task is leased and its lease has not lapsed (so it holds a slot)."""
     return task.status == TaskStatus.LEASED and task.lease_expires_at > now
+
+
+def _own_slot_free(db: Session, task: Task, ps: PromptSet, now: datetime) -> SlotCheck:
+    """Whether ``task``'s labeler may hold its slot again now (its prompt locked first).
+    Continue tasks count per reply node against the set's branching limit
+    (app/services/conversations.py); the others per prompt (and policy) against overlap."""
+    prompt = lock_pair(db, task.prompt_id, task.kind, task.policy_id)
+    if task.kind == "continue":
+        return conversations.check_continue_slot(
+            db, int(task.node_id or 0), task.labeler_id, conversations.settings_of(ps).branching, now,
+            exclude_task_id=task.id,
+        )
+    return check_slot(
+        db, prompt, task.kind, task.labeler_id, ps.overlap, now, exclude_task_id=task.id, policy_id=task.policy_id
+    )
 
 
 def held_task(db: Session, labeler_id: int, prompt_set_id: int, kind: str, now: datetime) -> Task | None:
@@ -74,11 +90,7 @@ def relet_lapsed(
     )
     if stale is None:
         return None
-    prompt = lock_pair(db, stale.prompt_id, kind, stale.policy_id)
-    check = check_slot(
-        db, prompt, kind, labeler_id, ps.overlap, now, exclude_task_id=stale.id, policy_id=stale.policy_id
-    )
-    if not check.ok:
+    if not _own_slot_free(db, stale, ps, now).ok:
         return None
     enter_state(stale, LEASED, lease_expires_at=lease_until(now, lease_minutes))
     db.flush()
@@ -104,11 +116,7 @@ def relet_expired(db: Session, task: Task, now: datetime) -> None:
 
     Locks the prompt and recounts; raises Conflict when another labeler took the slot.
     """
-    prompt = lock_pair(db, task.prompt_id, task.kind, task.policy_id)
-    ps = get_prompt_set(db, task.prompt_set_id)
-    check = check_slot(
-        db, prompt, task.kind, task.labeler_id, ps.overlap, now, exclude_task_id=task.id, policy_id=task.policy_id
-    )
+    check = _own_slot_free(db, task, get_prompt_set(db, task.prompt_set_id), now)
     if not check.ok:
         why = (
             "you have a newer task for the same prompt"

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app.db import chunks, is_postgres
 from app.models import Completion, Policy, Prompt, PromptSet, RewardModel, Task, TaskStatus, User
 from app.models.base import utcnow
-from app.services import audit, webhook_events
+from app.services import audit, conversations, webhook_events
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.prompt_sets import active_prompt_sets as active_prompt_sets  # the sampler's (trainer/sampler.py)
 from app.services.slots import rank_slots_used
@@ -286,16 +286,18 @@ def add_completions(
             .group_by(Completion.prompt_id)
         ).all()
     )
-    added = 0
+    added: list[Completion] = []
     for prompt_id in ids:
         room = k_by_prompt.get(prompt_id, 0) - int(have.get(prompt_id, 0))
         for row in by_prompt[prompt_id][: max(0, room)]:
             # PostgreSQL text cannot hold NUL; a sampled byte-level token can decode to one.
             row = {**row, "text": str(row["text"]).replace("\x00", "\ufffd")}
-            db.add(Completion(policy_id=policy_id, status="ready", **row))
-            added += 1
+            completion = Completion(policy_id=policy_id, status="ready", **row)
+            db.add(completion)
+            added.append(completion)
     db.flush()
-    return added
+    conversations.add_sampled_replies(db, added)  # replies to conversation contexts join their tree
+    return len(added)
 
 
 def retire_unlabeled_completions(db: Session, keep_policy_id: int) -> int:

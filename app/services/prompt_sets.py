@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.models import DEFAULT_SAMPLING, Prompt, PromptSet, PromptSetStatus, User
-from app.models.prompts import PROMPT_SET_STATUSES
-from app.services import audit
+from app.models.prompts import PROMPT_SET_KINDS, PROMPT_SET_STATUSES
+from app.services import audit, chat_templates
+from app.services.conversation_settings import CONVERSATION, check_settings
 from app.services.errors import Conflict, Invalid, NotFound
 
 K_MIN, K_MAX = 2, 9
@@ -112,18 +114,58 @@ def _name_taken(db: Session, name: str, exclude_id: int | None = None) -> bool:
     return db.scalar(query) is not None
 
 
-def create_prompt_set(db: Session, actor: User | None, **values: Any) -> PromptSet:
-    """Create a set from the editable fields (name, k, overlap, guidelines, sampling, ...)."""
+def _kind_fields(
+    db: Session, kind: str | None, conversation: dict[str, Any] | None, artifacts_dir: Path | None
+) -> dict[str, Any]:
+    """The create-only fields: ``kind``, and a conversation set's settings. A conversation
+    set's ``rankers_per_node`` is its overlap; it needs a deployed policy with a chat
+    template (app/services/chat_templates.py)."""
+    kind = kind or "prompts"
+    if kind not in PROMPT_SET_KINDS:
+        raise Invalid(f"kind must be one of {', '.join(PROMPT_SET_KINDS)}, not {kind!r}")
+    if kind != CONVERSATION:
+        if conversation:
+            raise Invalid('conversation settings are for sets of kind "conversation"')
+        return {"kind": kind}
+    settings = dict(conversation or {})
+    rankers = settings.pop("rankers_per_node", None)
+    out: dict[str, Any] = {"kind": kind, "conversation": check_settings(settings)}
+    if rankers is not None:
+        out.update(_validate({"overlap": rankers}))
+    if artifacts_dir is None:
+        raise ValueError("creating a conversation set needs the artifacts dir (to read the policy's chat template)")
+    chat_templates.require_chat_policy(db, artifacts_dir)
+    return out
+
+
+def create_prompt_set(
+    db: Session,
+    actor: User | None,
+    *,
+    kind: str | None = None,
+    conversation: dict[str, Any] | None = None,
+    artifacts_dir: Path | None = None,
+    **values: Any,
+) -> PromptSet:
+    """Create a set from the editable fields (name, k, overlap, guidelines, sampling, ...).
+
+    ``kind`` "conversation" makes a conversation set (app/services/conversations.py) with
+    ``conversation`` settings; the deployed policy must have a chat template, read from
+    its checkpoint under ``artifacts_dir``."""
     fields = _validate(values)
     if "name" not in fields:
         raise Invalid("name is required")
     if _name_taken(db, fields["name"]):
         raise Conflict(f"a prompt set named {fields['name']!r} already exists")
+    fields.update(_kind_fields(db, kind, conversation, artifacts_dir))
     fields.setdefault("sampling", dict(DEFAULT_SAMPLING))
     ps = PromptSet(**fields)
     db.add(ps)
     db.flush()
-    audit.record(db, actor, "prompt_set.create", "prompt_set", ps.id, name=ps.name, k=ps.k, overlap=ps.overlap)
+    audit.record(
+        db, actor, "prompt_set.create", "prompt_set", ps.id, name=ps.name, k=ps.k, overlap=ps.overlap,
+        **({"kind": ps.kind, "conversation": ps.conversation} if ps.kind == CONVERSATION else {}),
+    )
     return ps
 
 

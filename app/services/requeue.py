@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.db import chunks
 from app.models import Demonstration, Prompt, Ranking, SubmissionStatus, Task, User
 from app.schemas.stats import RequeueOut as RequeueResult
-from app.services import audit
+from app.services import audit, conversations
 from app.services.task_states import REQUEUED, entered_from
 from app.services.users import get_user
 
@@ -29,17 +29,20 @@ def requeue_labeler(
     in_set = select(Prompt.id).where(Prompt.prompt_set_id == prompt_set_id)
     counts = {}
     task_ids: list[int] = []
+    ranked_prompts: set[int] = set()
     models: list[type[Ranking] | type[Demonstration]] = [Ranking]
     if include_demonstrations:
         models.append(Demonstration)
     for model in models:
-        q = select(model.id, model.task_id).where(model.labeler_id == labeler.id, model.status == SubmissionStatus.ACTIVE)
+        q = select(model.id, model.task_id, model.prompt_id).where(model.labeler_id == labeler.id, model.status == SubmissionStatus.ACTIVE)
         if prompt_set_id is not None:
             q = q.where(model.prompt_id.in_(in_set))
         rows = db.execute(q).all()
         counts[model] = len(rows)
         ids = [r.id for r in rows]
         task_ids += [r.task_id for r in rows if r.task_id is not None]
+        if model is Ranking:
+            ranked_prompts.update(r.prompt_id for r in rows)
         for chunk in chunks(ids, 1000):
             db.execute(
                 update(model)
@@ -54,6 +57,7 @@ def requeue_labeler(
             .values(status=REQUEUED.value)
             .execution_options(synchronize_session=False)
         )
+    conversations.refresh_best(db, ranked_prompts)  # requeued rankings no longer vote for a best reply
     result = RequeueResult(
         rankings=counts.get(Ranking, 0), demonstrations=counts.get(Demonstration, 0), tasks=len(task_ids)
     )

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.models import FLAGS, Demonstration, Ranking, SubmissionStatus, Task, TaskStatus, User
 from app.models.base import utcnow
-from app.services import webhook_events
+from app.services import conversations, webhook_events
 from app.services.errors import Conflict, Invalid
 from app.services.leases import lease_is_live, lease_until, relet_expired
 from app.services.task_states import LEASED, SKIPPED, SUBMITTED, enter_state, own_task
@@ -102,7 +102,7 @@ def validate_ratings(task: Task, ratings: Mapping[str, Mapping[str, Any]]) -> di
     return dict(sorted(clean.items(), key=lambda kv: int(kv[0])))
 
 
-def _time_spent(value: float | None) -> float | None:
+def check_time_spent(value: float | None) -> float | None:
     if value is None:
         return None
     if not 0 <= value <= MAX_TIME_SPENT_S:
@@ -113,13 +113,15 @@ def _time_spent(value: float | None) -> float | None:
 # --- shared task checks -------------------------------------------------------------
 
 
-def _check_kind(task: Task, kind: str) -> None:
+ANSWERS = {"rank": "a ranking", "demonstrate": "a demonstration", "continue": "a continuation", "compare": "a comparison"}
+
+
+def check_kind(task: Task, kind: str) -> None:
     if task.kind != kind:
-        what = "a ranking" if task.kind == "rank" else "a demonstration"
-        raise Invalid(f"task {task.id} is a {task.kind} task; it takes {what}")
+        raise Invalid(f"task {task.id} is a {task.kind} task; it takes {ANSWERS.get(task.kind, 'another answer')}")
 
 
-def _check_open(db: Session, task: Task, now: datetime) -> None:
+def check_open(db: Session, task: Task, now: datetime) -> None:
     """The task can take a first submission now: not skipped or requeued, and either its
     lease is live or (expired) its slot is still free."""
     if task.status == TaskStatus.SKIPPED:
@@ -148,7 +150,7 @@ def _store(
     """Store a task's submission once: the identical payload again returns the stored row
     (``created`` False, so a client retry is idempotent), a different one is a conflict.
 
-    The task must still be open (see :func:`_check_open`). A row left behind by a requeue
+    The task must still be open (see :func:`check_open`). A row left behind by a requeue
     that was undone elsewhere is replaced.
     """
     existing = db.scalar(select(model).where(model.task_id == task.id))
@@ -156,7 +158,7 @@ def _store(
         if existing.payload_hash == payload_hash:
             return existing, False
         raise Conflict(f"task {task.id} already has a different {what}; undo it first to change it")
-    _check_open(db, task, now)
+    check_open(db, task, now)
     if existing is not None:
         db.delete(existing)
         db.flush()
@@ -198,13 +200,13 @@ def submit_ranking(
     """
     now = now or utcnow()
     task = own_task(db, task_id, user, lock=True)
-    _check_kind(task, "rank")
+    check_kind(task, "rank")
     groups = validate_ranking(task, ranking)
     clean_ratings = validate_ratings(task, ratings or {})
     comment = (comment or "").strip()
     if len(comment) > MAX_COMMENT_CHARS:
         raise Invalid(f"comment is too long ({len(comment)} characters; at most {MAX_COMMENT_CHARS})")
-    spent = _time_spent(time_spent_s)
+    spent = check_time_spent(time_spent_s)
     payload_hash = answer_hash(
         {"ranking": groups, "ratings": clean_ratings, "all_unacceptable": bool(all_unacceptable), "comment": comment}
     )
@@ -222,6 +224,7 @@ def submit_ranking(
         time_spent_s=spent,
     )
     if created:
+        conversations.refresh_best(db, [task.prompt_id])  # a no-op outside conversation sets
         webhook_events.ranking_stored(db, task.prompt_set_id)  # prompt_set.completed, when it fills the set
     return row, created
 
@@ -242,15 +245,18 @@ def submit_demonstration(
     """Store the labeler's written response for a demonstrate task. Returns (row, created)."""
     now = now or utcnow()
     task = own_task(db, task_id, user, lock=True)
-    _check_kind(task, "demonstrate")
+    check_kind(task, "demonstrate")
     body = (text or "").replace("\r\n", "\n").strip()
     if not body:
         raise Invalid("the demonstration is empty; write the response you would want the assistant to give")
     if len(body) > max_chars:
         raise Invalid(f"the demonstration is too long ({len(body)} characters; at most {max_chars})")
-    spent = _time_spent(time_spent_s)
+    spent = check_time_spent(time_spent_s)
     payload_hash = answer_hash({"text": body})
-    return _store(db, task, Demonstration, "demonstration", payload_hash, now, text=body, time_spent_s=spent)
+    row, created = _store(db, task, Demonstration, "demonstration", payload_hash, now, text=body, time_spent_s=spent)
+    if created:
+        conversations.add_written_reply(db, row)  # a no-op outside conversation sets
+    return row, created
 
 
 # --- skip ---------------------------------------------------------------------------
@@ -333,9 +339,14 @@ def undo_submission(
             else {}
         )
         db.execute(delete(Ranking).where(Ranking.task_id == task.id))
+        conversations.refresh_best(db, [task.prompt_id])
+    elif task.kind == "continue":
+        previous = conversations.undo_continuation(db, task)
     else:
         demo = db.scalar(select(Demonstration).where(Demonstration.task_id == task.id))
         previous = {"text": demo.text, "time_spent_s": demo.time_spent_s} if demo else {}
+        if demo is not None:
+            conversations.check_reply_removable(db, demo.id)
         db.execute(delete(Demonstration).where(Demonstration.task_id == task.id))
     enter_state(task, LEASED, lease_expires_at=lease_until(now, lease_minutes))
     db.flush()

@@ -34,6 +34,7 @@ from app.models import (
 )
 from app.models.base import utcnow
 from app.schemas.tasks import ProgressOut
+from app.services import conversations
 from app.services.claims import next_task
 from app.services.errors import NotFound
 from app.services.leases import lease_is_live, relet_expired, renew_lease
@@ -65,6 +66,14 @@ def task_view(db: Session, task: Task) -> dict[str, Any]:
     texts = dict(
         db.execute(select(Completion.id, Completion.text).where(Completion.id.in_(task.completion_ids or []))).all()
     )
+    messages: list[dict[str, str]] | None = (
+        [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in prompt.messages]
+        if prompt.messages
+        else None
+    )
+    in_tree = conversations.task_conversation(db, task, prompt)
+    if in_tree is not None:
+        messages, conversation = in_tree
     return {
         "id": task.id,
         "kind": task.kind,
@@ -72,11 +81,8 @@ def task_view(db: Session, task: Task) -> dict[str, Any]:
         "prompt_set_id": task.prompt_set_id,
         "prompt_id": task.prompt_id,
         "prompt": prompt.display_text,
-        "messages": [
-            {"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in prompt.messages
-        ]
-        if prompt.messages
-        else None,
+        "messages": messages,
+        "conversation": conversation if in_tree is not None else None,
         "completions": [{"id": cid, "text": texts[cid]} for cid in task.completion_ids or [] if cid in texts],
         "lease_expires_at": task.lease_expires_at,
         "created_at": task.created_at,
@@ -185,6 +191,8 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
         holding=n_mine(None, TaskStatus.LEASED, True),
         rank_left=max(0, rank_left),
         demonstrate_left=max(0, demo_left),
+        continued=n_mine("continue", TaskStatus.SUBMITTED),
+        continue_left=conversations.open_reply_count(db, ps, user.id, now),
         waiting_for_completions=max(0, waiting),
         offers_demonstrations=offers_demos,
         next_lease_expiry=next_expiry,

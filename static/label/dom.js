@@ -44,8 +44,40 @@ export function renderText(text) {
   return box;
 }
 
+// One message of a conversation thread.
+function bubble(m, extra = "") {
+  return el("div", { class: `msg role-${m.role}${extra}` }, el("span", { class: "role" }, m.role), renderText(m.content));
+}
+
+// A task on a conversation set, as a chat thread: the earlier turns folded in a <details>
+// (open; the labeler can collapse it, or press h), then the turn being judged, answered or
+// continued from set apart under its own heading. Rank and demonstrate tasks end with the
+// user's turn; a continue task ends with the assistant reply the next user turn follows.
+export function conversationCard(t) {
+  const msgs = t.messages || [];
+  const conv = t.conversation;
+  const current = msgs.length ? msgs[msgs.length - 1] : { role: "user", content: t.prompt };
+  const earlier = msgs.slice(0, -1);
+  const card = el("article", { class: "prompt-card card thread", "aria-label": "Conversation", "data-turn": String(conv.turn) });
+  card.append(el("div", { class: "thread-head muted" },
+    el("span", {}, `Conversation · turn ${conv.turn} of ${conv.max_turns}`),
+    el("span", { class: "thread-size" }, `${conv.context_chars.toLocaleString()} / ${conv.max_context_chars.toLocaleString()} characters`)));
+  if (earlier.length) {
+    const fold = el("details", { class: "thread-earlier", open: "" },
+      el("summary", {}, `Earlier turns (${earlier.length} message${earlier.length === 1 ? "" : "s"})`, el("kbd", { class: "hint-key" }, "h")));
+    for (const m of earlier) fold.append(bubble(m));
+    card.append(fold);
+  }
+  const label = t.kind === "continue" ? "The reply you continue from"
+    : t.kind === "demonstrate" ? "The user's turn you answer" : "The user's turn being judged";
+  card.append(el("section", { class: "thread-current", "aria-label": label },
+    el("div", { class: "prompt-label muted" }, label), bubble(current, " current")));
+  return card;
+}
+
 // The prompt, with the earlier turns of a chat prompt above the user's last message.
 export function promptCard(t) {
+  if (t.conversation) return conversationCard(t);
   const card = el("article", { class: "prompt-card card", "aria-label": "Prompt" });
   const msgs = t.messages || [];
   let lastUser = -1;

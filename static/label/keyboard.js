@@ -1,4 +1,5 @@
-// The keys every work page has (Ctrl+Enter submit, Escape, ? for help); every other key
+// The keys every work page has (Ctrl+Enter submit, Escape, ? for help, h to fold a
+// conversation's earlier turns); every other key
 // goes to the mode (page.onKey), unless the labeler is typing in a text field.
 
 import { isTyping } from "./dom.js";
@@ -24,6 +25,8 @@ export function installKeyboard({ page, help, helpButton }) {
     }
     if (isTyping(e.target)) return;
     if (e.key === "?") { toggleHelp(); e.preventDefault(); return; }
+    const fold = document.querySelector(".thread-earlier");
+    if (e.key === "h" && fold && !e.ctrlKey && !e.metaKey && !e.altKey) { fold.open = !fold.open; e.preventDefault(); return; }
     if (page.onKey(e)) e.preventDefault();
   });
 }

@@ -11,6 +11,7 @@
 //   rank.js        rank mode (its state model: ranking.js)
 //   demonstrate.js demonstrate mode
 //   compare.js     compare mode: blind A/B judgment of an evaluation's two answers
+//   continue.js    continue mode: write the next user turn of a conversation (conversation sets)
 //
 // A mode module exports createMode({ cfg, changed, submit }) returning:
 //   kind           the task kind for POST /tasks/next
@@ -34,6 +35,7 @@ const MODES = {
   rank: () => import("./rank.js"),
   demonstrate: () => import("./demonstrate.js"),
   compare: () => import("./compare.js"),
+  continue: () => import("./continue.js"),
 };
 
 async function start() {

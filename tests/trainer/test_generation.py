@@ -265,3 +265,25 @@ def test_request_and_params_validation() -> None:
 
 def test_duplicate_slots_compares_stripped_text() -> None:
     assert duplicate_slots(["a", " a ", None, "b", "a\n", "c"]) == [1, 4]
+
+
+def test_a_long_conversation_loses_its_oldest_exchanges_keeps_the_system_message_and_records_the_cut(
+    generator: TransformersGenerator, generate_calls: list[dict[str, Any]]
+) -> None:
+    old = "hello world good bad great marker token answer " * 7  # about 130 tokens: two exchanges do not fit
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(3):
+        messages += [{"role": "user", "content": f"turn {i} {old}"}, {"role": "assistant", "content": f"reply {i} {old}"}]
+    messages.append({"role": "user", "content": "And the last question?"})
+    results = generator.generate([GenRequest(key="long", messages=messages, k=2, params=SAMPLE)])
+    tokenizer = generator.tokenizer
+    row = generate_calls[0]["input_ids"][0]
+    prompt = tokenizer.decode(row[generate_calls[0]["attention_mask"][0].bool()])
+    assert len(row) <= generator.model.config.max_position_embeddings - SAMPLE.max_new_tokens
+    assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")  # whole turns went
+    assert "turn 0" not in prompt and prompt.endswith("And the last question?<|im_end|>\n<|im_start|>assistant\n")
+    cut = results[0].params["context_cut"]
+    assert cut == 4 and all(r.params["context_cut"] == cut for r in results)  # two of three exchanges
+    assert f"turn {cut // 2}" in prompt  # the oldest exchange kept starts with its user turn
+    short = generator.generate([GenRequest(key="short", messages=messages[:2], k=1, params=SAMPLE)])
+    assert "context_cut" not in short[0].params

@@ -41,8 +41,14 @@ def list_prompt_sets(db: DB, _: ApiAdmin) -> list[PromptSetOut]:
 
 
 @router.post("/prompt-sets", response_model=PromptSetOut, status_code=201)
-def create_prompt_set(body: PromptSetCreate, db: DB, admin: ApiAdmin) -> PromptSetOut:
-    ps = prompt_sets.create_prompt_set(db, admin.user, **body.model_dump())
+def create_prompt_set(body: PromptSetCreate, request: Request, db: DB, admin: ApiAdmin) -> PromptSetOut:
+    """A set of single-turn prompts, or (``"kind": "conversation"``) of conversation trees:
+    those need a deployed policy with a chat template (409 with none deployed, 422 without
+    a template)."""
+    settings = request.app.state.settings
+    ps = prompt_sets.create_prompt_set(
+        db, admin.user, artifacts_dir=settings.resolved_artifacts_dir, **body.model_dump(exclude_none=True)
+    )
     db.commit()
     return PromptSetOut.model_validate(ps)
 
@@ -166,7 +172,10 @@ async def import_prompts(prompt_set_id: int, request: Request, db: DB, admin: Ap
         db.commit()
         return result
 
-    result = await run_in_threadpool(write)
+    try:
+        result = await run_in_threadpool(write)
+    except imports.ImportFailed as exc:  # rows the set cannot take (a conversation set's seeds)
+        return _import_failed(exc)
     return JSONResponse(ImportResultOut(imported=result.imported, duplicates=result.duplicates).model_dump())
 
 

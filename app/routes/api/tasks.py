@@ -17,6 +17,8 @@ from app.models import Demonstration, Ranking
 from app.routes.api.answers import store_answer
 from app.schemas.evaluations import CompareProgressOut, CompareTaskOut
 from app.schemas.tasks import (
+    ContinuationIn,
+    ContinuationOut,
     DemonstrationIn,
     DemonstrationOut,
     NextTaskIn,
@@ -27,7 +29,7 @@ from app.schemas.tasks import (
     TaskOut,
     TaskStatusOut,
 )
-from app.services import claims, compare_tasks, leases, prompt_sets, submissions, tasks
+from app.services import claims, compare_tasks, conversations, leases, prompt_sets, submissions, tasks
 from app.services.errors import Invalid
 from app.services.submissions import undo_deadline
 
@@ -196,6 +198,36 @@ def submit_demonstration(
             time_spent_s=body.time_spent_s,
         )
         return _demonstration_out(row, settings), created
+
+    return store_answer(db, response, work)
+
+
+@router.post(
+    "/tasks/{task_id}/continuation",
+    response_model=ContinuationOut,
+    status_code=201,
+    responses={200: {"description": "the identical turn was already stored", "model": ContinuationOut}},
+)
+def submit_continuation(
+    task_id: int, body: ContinuationIn, request: Request, response: Response, db: DB, principal: ApiUser
+) -> ContinuationOut:
+    """The next user turn of a continue task (conversation sets): it follows the task's
+    best-ranked or written reply (or ``reply_id``), and its new context goes to the
+    sampler, whose K replies become a rank task later."""
+    settings = get_settings_dep(request)
+
+    def work() -> tuple[ContinuationOut, bool]:
+        node, created = conversations.submit_continuation(
+            db, task_id, principal.user, text=body.text, reply_id=body.reply_id,
+            max_chars=settings.max_demonstration_chars, time_spent_s=body.time_spent_s,
+        )
+        out = ContinuationOut.model_validate(
+            {
+                **{c: getattr(node, c) for c in ContinuationOut.model_fields if c != "undo_until"},
+                "undo_until": undo_deadline(node.created_at, settings.undo_window_minutes),
+            }
+        )
+        return out, created
 
     return store_answer(db, response, work)
 

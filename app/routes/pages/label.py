@@ -1,4 +1,5 @@
-"""Labeler pages: the list of active sets, the ranking page and the demonstration page.
+"""Labeler pages: the list of active sets, the ranking page, the demonstration page and
+(conversation sets) the continue page.
 
 The two work pages are thin shells: static/label.js claims tasks and submits answers
 through the JSON API (``/api/v1/tasks/...``) with ``rlhf.api``.
@@ -13,7 +14,8 @@ from fastapi.responses import HTMLResponse
 
 from app.deps import DB, PageUser
 from app.models import FLAGS
-from app.services import prompt_sets, tasks
+from app.services import conversations, prompt_sets, tasks
+from app.services.errors import Invalid
 from app.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -77,6 +79,15 @@ def _work_page(request: Request, db: DB, principal: PageUser, prompt_set_id: int
 @router.get("/label/{prompt_set_id}/rank", response_class=HTMLResponse)
 def rank_page(request: Request, prompt_set_id: int, db: DB, principal: PageUser) -> HTMLResponse:
     return _work_page(request, db, principal, prompt_set_id, "rank")
+
+
+@router.get("/label/{prompt_set_id}/continue", response_class=HTMLResponse)
+def continue_page(request: Request, prompt_set_id: int, db: DB, principal: PageUser) -> HTMLResponse:
+    """Conversation sets: write the next user turn after a best-ranked or written reply."""
+    ps = prompt_sets.get_prompt_set(db, prompt_set_id)
+    if not conversations.is_conversation(ps):
+        raise Invalid(f"prompt set {ps.name!r} is not a conversation set; there is nothing to continue")
+    return _work_page(request, db, principal, prompt_set_id, "continue")
 
 
 @router.get("/label/{prompt_set_id}/demonstrate", response_class=HTMLResponse)
