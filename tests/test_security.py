@@ -13,7 +13,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from tests.conftest import login
+from tests.conftest import Account, login
 
 PUBLIC = {("GET", "/api/v1/health"), ("GET", "/login"), ("POST", "/login"), ("GET", "/")}
 LABELER_API = re.compile(r"^/api/v1/(me|tasks(/.*)?)$")
@@ -182,6 +182,11 @@ PATH_LIKE = re.compile(
 )
 
 
+# The one input that is a URL by design: the webhook receiver, an outbound http(s) address.
+# webhooks.check_url refuses every other scheme (file:// included): checked below and in tests/test_webhooks.py.
+OUTBOUND_URLS = {("/api/v1/webhooks", "url"), ("/api/v1/webhooks/{webhook_id}", "url")}
+
+
 def _input_fields(doc: dict, schema: object, seen: set[str]) -> list[tuple[str, dict]]:
     """Every (property name, schema) reachable from ``schema``, following $refs."""
     out: list[tuple[str, dict]] = []
@@ -209,10 +214,11 @@ def _input_fields(doc: dict, schema: object, seen: set[str]) -> list[tuple[str, 
     return out
 
 
-def test_no_api_input_names_a_filesystem_path(client) -> None:
+def test_no_api_input_names_a_filesystem_path(client, admin: Account) -> None:
     """Artifacts are addressed by id and version only: no parameter or request-body field of
     the API takes a path, directory, file name or URL (the prompt upload's ``file`` is the
-    uploaded bytes, ``format: binary``)."""
+    uploaded bytes, ``format: binary``; a webhook's ``url`` is an outbound http(s) URL, and a
+    file:// one is refused)."""
     doc = client.get("/openapi.json").json()
     offenders = []
     walked: set[str] = set()
@@ -226,10 +232,15 @@ def test_no_api_input_names_a_filesystem_path(client) -> None:
                     walked.add(name)
                     if name == "file" and media == "multipart/form-data" and sub.get("format") == "binary":
                         continue
+                    if (path, name) in OUTBOUND_URLS:
+                        continue
                     if PATH_LIKE.search(name) or sub.get("format") in ("path", "uri", "file-path"):
                         offenders.append(f"{method.upper()} {path}: body field {name} ({media})")
     assert {"prompt_set_ids", "ranking", "password", "temperature", "file"} <= walked  # the walk reaches nested fields
     assert not offenders, "API inputs that look like filesystem paths:\n" + "\n".join(offenders)
+    local = client.post("/api/v1/webhooks", json={"url": "file:///etc/passwd", "events": ["round.finished"]},
+                        headers=admin.headers)
+    assert local.status_code == 422 and "http:// or https://" in local.text
     deploy = doc["paths"]["/api/v1/policies/{policy_id}/deploy"]["post"]
     assert "requestBody" not in deploy, "a policy is deployed by id alone"
 
