@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from app.models import ConversationNode, Prompt, User
 from app.models.base import utcnow
-from app.services import claims, conversations, imports, prompt_sets, submissions, tasks
+from app.services import claims, continue_tasks, imports, prompt_sets, submissions, tasks
 from app.services.errors import Conflict
 from app.services.users import create_user
 from tests.conversation_helpers import check_tree, deploy_chat_policy, sample_replies
@@ -140,7 +140,7 @@ def _act(db, user: User, set_id: int, round_no: int, index: int, rng: random.Ran
     text = f"Follow-up of round {round_no}?" if index % 2 == 0 or round_no == 0 else f"Follow-up {round_no}.{index}?"
     try:
         tasks.transact(
-            db, lambda: conversations.submit_continuation(db, task.id, user, text=text, max_chars=1000, now=now)
+            db, lambda: continue_tasks.submit_continuation(db, task.id, user, text=text, max_chars=1000, now=now)
         )
     except Conflict as exc:
         if "same turn" in exc.message:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.models import Completion, ConversationNode, PromptSet
 from app.models.base import utcnow
-from app.services import claims, conversations, imports, prompt_sets, submissions
+from app.services import claims, continue_tasks, imports, prompt_sets, submissions
 from tests.conversation_helpers import check_tree, sample_replies
 from tests.round_helpers import BAD, GOOD, bootstrap_v0, create_run, fast_settings, logs_of, make_labeler, run_state
 from trainer.data import load_round_data, take_snapshot
@@ -56,7 +56,7 @@ def test_a_round_on_a_conversation_set_trains_sft_rm_and_ppo_on_conversations(se
         assert _rank_everything(db, ranker, set_id) == 6
         second: list[int] = []
         while (task := claims.next_task(db, writer, set_id, "continue", lease_minutes=30)) is not None:
-            node, _ = conversations.submit_continuation(db, task.id, writer, text="Can you say more?", max_chars=500)
+            node, _ = continue_tasks.submit_continuation(db, task.id, writer, text="Can you say more?", max_chars=500)
             second.append(node.prompt_id)
         db.commit()
     assert len(second) == 6

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from app.models import Completion, ConversationNode, Prompt
-from app.services import claims, conversations, imports, policies, prompt_sets, submissions
+from app.services import claims, continue_tasks, imports, policies, prompt_sets, submissions
 from tests.round_helpers import bootstrap_v0, fast_settings, make_labeler
 from trainer import artifacts
 from trainer.sampler import Sampler
@@ -57,7 +57,7 @@ def test_the_sampler_answers_seeds_and_continued_contexts_in_the_tree(settings, 
             task = claims.next_task(db, ranker, set_id, "rank", lease_minutes=30)
             submissions.submit_ranking(db, task.id, ranker, ranking=[[c] for c in task.completion_ids])
             cont = claims.next_task(db, writer, set_id, "continue", lease_minutes=30)
-            node, _ = conversations.submit_continuation(db, cont.id, writer, text="hello again", max_chars=1000)
+            node, _ = continue_tasks.submit_continuation(db, cont.id, writer, text="hello again", max_chars=1000)
             db.commit()
             new_context = node.prompt_id
         assert sampler.fill() == 2

@@ -42,7 +42,7 @@ class PromptSet(Base):
     status: Mapped[str] = mapped_column(String(16), default=PromptSetStatus.ACTIVE.value, index=True)
     # "prompts" (single-turn) or "conversation" (trees of turns, app/models/conversations.py)
     kind: Mapped[str] = mapped_column(String(16), default="prompts", server_default="prompts")
-    # conversation sets: max_turns, branching, max_context_chars (app/services/conversations.py)
+    # conversation sets: max_turns, branching, max_context_chars (app/services/conversation_settings.py)
     conversation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

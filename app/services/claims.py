@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from app.models import TASK_KINDS, Completion, Prompt, PromptSet, Slot, Task, User
 from app.models.base import UTCDateTime, utcnow
-from app.services import conversations
+from app.services import continue_tasks, conversations
 from app.services.errors import Invalid
 from app.services.leases import expire_lapsed, held_task, lease_until, relet_lapsed
 from app.services.prompt_sets import get_prompt_set, is_serving
@@ -223,7 +223,7 @@ def next_task(
     reap_lapsed(db, ps.id, now)
 
     if kind == "continue":  # slots per reply node, against the set's branching limit
-        found = conversations.claim_continue(db, ps, user.id, now)
+        found = continue_tasks.claim_continue(db, ps, user.id, now)
         if found is None:
             return None
         return _new_task(db, ps, user, kind, found[0], None, [], now, lease_minutes, node_id=found[1])

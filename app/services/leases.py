@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.models import PromptSet, Task, TaskStatus, User
 from app.models.base import utcnow
-from app.services import conversations
+from app.services import continue_tasks, conversations
 from app.services.errors import Conflict
 from app.services.prompt_sets import get_prompt_set
 from app.services.slots import MINE, SlotCheck, check_slot, live_lease, lock_pair
@@ -36,10 +36,10 @@ def lease_is_live(task: Task, now: datetime) -> bool:
 def _own_slot_free(db: Session, task: Task, ps: PromptSet, now: datetime) -> SlotCheck:
     """Whether ``task``'s labeler may hold its slot again now (its prompt locked first).
     Continue tasks count per reply node against the set's branching limit
-    (app/services/conversations.py); the others per prompt (and policy) against overlap."""
+    (app/services/continue_tasks.py); the others per prompt (and policy) against overlap."""
     prompt = lock_pair(db, task.prompt_id, task.kind, task.policy_id)
     if task.kind == "continue":
-        return conversations.check_continue_slot(
+        return continue_tasks.check_continue_slot(
             db, int(task.node_id or 0), task.labeler_id, conversations.settings_of(ps).branching, now,
             exclude_task_id=task.id,
         )

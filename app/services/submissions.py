@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.models import FLAGS, Demonstration, Ranking, SubmissionStatus, Task, TaskStatus, User
 from app.models.base import utcnow
-from app.services import conversations, webhook_events
+from app.services import continue_tasks, conversations, webhook_events
 from app.services.errors import Conflict, Invalid
 from app.services.leases import lease_is_live, lease_until, relet_expired
 from app.services.task_states import LEASED, SKIPPED, SUBMITTED, enter_state, own_task
@@ -341,7 +341,7 @@ def undo_submission(
         db.execute(delete(Ranking).where(Ranking.task_id == task.id))
         conversations.refresh_best(db, [task.prompt_id])
     elif task.kind == "continue":
-        previous = conversations.undo_continuation(db, task)
+        previous = continue_tasks.undo_continuation(db, task)
     else:
         demo = db.scalar(select(Demonstration).where(Demonstration.task_id == task.id))
         previous = {"text": demo.text, "time_spent_s": demo.time_spent_s} if demo else {}

@@ -34,7 +34,7 @@ from app.models import (
 )
 from app.models.base import utcnow
 from app.schemas.tasks import ProgressOut
-from app.services import conversations
+from app.services import continue_tasks, conversations
 from app.services.claims import next_task
 from app.services.errors import NotFound
 from app.services.leases import lease_is_live, relet_expired, renew_lease
@@ -192,7 +192,7 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
         rank_left=max(0, rank_left),
         demonstrate_left=max(0, demo_left),
         continued=n_mine("continue", TaskStatus.SUBMITTED),
-        continue_left=conversations.open_reply_count(db, ps, user.id, now),
+        continue_left=continue_tasks.open_reply_count(db, ps, user.id, now),
         waiting_for_completions=max(0, waiting),
         offers_demonstrations=offers_demos,
         next_lease_expiry=next_expiry,

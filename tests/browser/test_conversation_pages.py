@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.models import ConversationNode, Ranking
-from app.services import claims, conversations, imports, prompt_sets, submissions
+from app.services import claims, continue_tasks, imports, prompt_sets, submissions
 from tests.browser.conftest import browser_login, screenshot
 from tests.conversation_helpers import deploy_chat_policy, sample_replies
 from tests.round_helpers import make_labeler
@@ -32,7 +32,7 @@ def _second_turn(database, settings) -> tuple[int, list[int]]:  # type: ignore[n
         task = claims.next_task(db, ranker, set_id, "rank", lease_minutes=30)
         submissions.submit_ranking(db, task.id, ranker, ranking=[[first[0]], [first[1]]])
         cont = claims.next_task(db, writer, set_id, "continue", lease_minutes=30)
-        node, _ = conversations.submit_continuation(db, cont.id, writer, text="Where should I eat?", max_chars=1000)
+        node, _ = continue_tasks.submit_continuation(db, cont.id, writer, text="Where should I eat?", max_chars=1000)
         db.commit()
         context = node.prompt_id
     return set_id, sample_replies(database, context, ["Try a tasca in the Alfama.", "Anywhere."])

@@ -29,7 +29,7 @@ from app.schemas.tasks import (
     TaskOut,
     TaskStatusOut,
 )
-from app.services import claims, compare_tasks, conversations, leases, prompt_sets, submissions, tasks
+from app.services import claims, compare_tasks, continue_tasks, leases, prompt_sets, submissions, tasks
 from app.services.errors import Invalid
 from app.services.submissions import undo_deadline
 
@@ -217,7 +217,7 @@ def submit_continuation(
     settings = get_settings_dep(request)
 
     def work() -> tuple[ContinuationOut, bool]:
-        node, created = conversations.submit_continuation(
+        node, created = continue_tasks.submit_continuation(
             db, task_id, principal.user, text=body.text, reply_id=body.reply_id,
             max_chars=settings.max_demonstration_chars, time_spent_s=body.time_spent_s,
         )
