@@ -150,16 +150,12 @@ def submit_continuation(
     identical turn again returns the stored node (``created`` False); a different one on a
     submitted task is a Conflict. Run it inside :func:`app.db.transact`.
     """
-    from app.services.submissions import check_kind, check_open, check_time_spent
+    from app.services.submissions import check_kind, check_open, check_time_spent, written_text
 
     now = now or utcnow()
     task = own_task(db, task_id, user, lock=True)
     check_kind(task, "continue")
-    body = (text or "").replace("\r\n", "\n").strip()
-    if not body:
-        raise Invalid("the turn is empty; write what the user says next")
-    if len(body) > max_chars:
-        raise Invalid(f"the turn is too long ({len(body)} characters; at most {max_chars})")
+    body = written_text(text, max_chars, what="the turn", empty_hint="write what the user says next")
     if "\x00" in body:
         raise Invalid("the turn contains a NUL character")
     spent = check_time_spent(time_spent_s)

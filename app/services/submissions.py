@@ -102,6 +102,17 @@ def validate_ratings(task: Task, ratings: Mapping[str, Mapping[str, Any]]) -> di
     return dict(sorted(clean.items(), key=lambda kv: int(kv[0])))
 
 
+def written_text(text: str | None, max_chars: int, *, what: str, empty_hint: str) -> str:
+    """A labeler's written text (a demonstration, a conversation turn): Windows line ends made
+    ``\n`` and the ends stripped; Invalid, naming ``what``, when it is empty or over ``max_chars``."""
+    body = (text or "").replace("\r\n", "\n").strip()
+    if not body:
+        raise Invalid(f"{what} is empty; {empty_hint}")
+    if len(body) > max_chars:
+        raise Invalid(f"{what} is too long ({len(body)} characters; at most {max_chars})")
+    return body
+
+
 def check_time_spent(value: float | None) -> float | None:
     if value is None:
         return None
@@ -246,11 +257,8 @@ def submit_demonstration(
     now = now or utcnow()
     task = own_task(db, task_id, user, lock=True)
     check_kind(task, "demonstrate")
-    body = (text or "").replace("\r\n", "\n").strip()
-    if not body:
-        raise Invalid("the demonstration is empty; write the response you would want the assistant to give")
-    if len(body) > max_chars:
-        raise Invalid(f"the demonstration is too long ({len(body)} characters; at most {max_chars})")
+    body = written_text(text, max_chars, what="the demonstration",
+                        empty_hint="write the response you would want the assistant to give")
     spent = check_time_spent(time_spent_s)
     payload_hash = answer_hash({"text": body})
     row, created = _store(db, task, Demonstration, "demonstration", payload_hash, now, text=body, time_spent_s=spent)
