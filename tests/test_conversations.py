@@ -187,9 +187,9 @@ def test_limits_give_clear_errors(client, database, admin, make_account) -> None
     assert r.status_code == 422 and "never ranked best" in r.json()["detail"]
     r = _continue(client, writer, task["id"], "x" * 400)
     assert r.status_code == 422 and "context limit of 300" in r.json()["detail"]
-    with database.session() as db:  # the admin lowered the turn limit while the task was leased
-        db.execute(update(PromptSet).where(PromptSet.id == ps["id"]).values(
-            conversation={"max_turns": 1, "branching": 2, "max_context_chars": 300}))
+    # the admin lowers the turn limit while the task is leased
+    r = client.patch(f"/api/v1/prompt-sets/{ps['id']}", json={"conversation": {"max_turns": 1}}, headers=admin.headers)
+    assert r.status_code == 200, r.text
     r = _continue(client, writer, task["id"], "Go on")
     assert r.status_code == 422 and "past the set's limit of 1" in r.json()["detail"]
     assert _next(client, make_account(), ps["id"], "continue").status_code == 204
@@ -270,3 +270,29 @@ def test_a_lapsed_continue_lease_frees_the_reply_for_another_labeler(client, dat
     assert _continue(client, b, task_b["id"], "Tell me more.").status_code == 201
     r = _continue(client, a, task_a["id"], "Late turn")
     assert r.status_code == 409 and "another labeler has taken its slot" in r.json()["detail"]
+
+
+def test_patch_changes_the_given_conversation_settings_and_keeps_the_others(client, database, admin) -> None:
+    deploy_chat_policy(database, client.app.state.settings.resolved_artifacts_dir)
+    ps = create_conversation_set(client, admin, max_turns=3, branching=2, max_context_chars=5000)
+    url = f"/api/v1/prompt-sets/{ps['id']}"
+    r = client.patch(url, json={"conversation": {"branching": 4, "rankers_per_node": 3}}, headers=admin.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["overlap"] == 3
+    with database.session() as db:
+        stored = db.get(PromptSet, ps["id"])
+        assert stored.conversation == {"max_turns": 3, "branching": 4, "max_context_chars": 5000}
+        assert stored.overlap == 3
+    for body, message in [
+        ({"conversation": {"max_turns": 0}}, "conversation.max_turns must be from 1 to 50"),
+        ({"conversation": {"branching": 99}}, "conversation.branching must be from 1 to 20"),
+    ]:
+        r = client.patch(url, json=body, headers=admin.headers)
+        assert r.status_code == 422 and message in r.json()["detail"], r.text
+    r = client.patch(url, json={"conversation": {"colour": "red"}}, headers=admin.headers)
+    assert r.status_code == 422
+    with database.session() as db:  # nothing of a refused PATCH was written
+        assert db.get(PromptSet, ps["id"]).conversation["branching"] == 4
+    plain = client.post("/api/v1/prompt-sets", json={"name": "plain"}, headers=admin.headers).json()
+    r = client.patch(f"/api/v1/prompt-sets/{plain['id']}", json={"conversation": {"max_turns": 2}}, headers=admin.headers)
+    assert r.status_code == 422 and 'kind "conversation"' in r.json()["detail"]

@@ -71,6 +71,18 @@ class PromptSetCreate(BaseModel):
     conversation: ConversationSettingsIn | None = Field(default=None, description='for kind "conversation"')
 
 
+class ConversationSettingsPatch(BaseModel):
+    """The conversation settings a PATCH changes; the others keep their values. Bounds are
+    checked by the service (app/services/conversation_settings.py) with a clear 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_turns: int | None = None
+    branching: int | None = None
+    max_context_chars: int | None = None
+    rankers_per_node: int | None = Field(default=None, description="sets the set's overlap")
+
+
 class PromptSetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -82,6 +94,7 @@ class PromptSetUpdate(BaseModel):
     sampling: Sampling | None = None
     demonstration_share: float | None = Field(default=None, ge=0, le=1)
     status: Status | None = None
+    conversation: ConversationSettingsPatch | None = Field(default=None, description='sets of kind "conversation" only')
 
 
 class PromptSetOut(BaseModel):

@@ -29,14 +29,15 @@ class ConversationSettings:
     max_context_chars: int = 16_000
 
 
-def check_settings(values: dict[str, Any] | None) -> dict[str, int]:
-    """Validate and normalise a set's ``conversation`` settings (defaults for what is missing)."""
+def check_settings(values: dict[str, Any] | None, current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate and normalise a set's ``conversation`` settings; what is missing keeps its
+    ``current`` value (a PATCH), else the default."""
     values = dict(values or {})
     known = set(ConversationSettings.__dataclass_fields__)
     unknown = set(values) - known
     if unknown:
         raise Invalid(f"unknown conversation setting(s): {', '.join(sorted(unknown))}")
-    out = asdict(ConversationSettings())
+    out = {**asdict(ConversationSettings()), **{k: v for k, v in (current or {}).items() if k in known}}
     for key, (low, high) in BOUNDS.items():
         if values.get(key) is None:
             continue

@@ -169,9 +169,28 @@ def create_prompt_set(
     return ps
 
 
+def _conversation_update(ps: PromptSet, conversation: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields a PATCH of ``conversation`` settings changes: the merged settings, and the
+    overlap for ``rankers_per_node``. Only a conversation set has them."""
+    if conversation is None:
+        return {}
+    if ps.kind != CONVERSATION:
+        raise Invalid('conversation settings are for sets of kind "conversation"')
+    settings = {k: v for k, v in conversation.items() if v is not None}
+    rankers = settings.pop("rankers_per_node", None)
+    out: dict[str, Any] = {"conversation": check_settings(settings, current=ps.conversation)}
+    if rankers is not None:
+        out.update(_validate({"overlap": rankers}))
+    return out
+
+
 def update_prompt_set(db: Session, actor: User | None, ps: PromptSet, **values: Any) -> PromptSet:
-    """Change the given fields; a new demonstration share re-draws wants_demonstration for every prompt."""
-    fields = _validate(values)
+    """Change the given fields; a new demonstration share re-draws wants_demonstration for every prompt.
+
+    ``conversation`` (a conversation set) changes the given settings and keeps the others;
+    a lowered limit holds for new turns (a leased task past it is refused on submit)."""
+    conversation = _conversation_update(ps, values.pop("conversation", None))
+    fields = {**_validate(values), **conversation}
     if "name" in fields and _name_taken(db, fields["name"], exclude_id=ps.id):
         raise Conflict(f"a prompt set named {fields['name']!r} already exists")
     changed = {k: v for k, v in fields.items() if getattr(ps, k) != v}
