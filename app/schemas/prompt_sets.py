@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from app.schemas.errors import ErrorOut
 from app.services.conversation_settings import BOUNDS, ConversationSettings
@@ -71,16 +71,15 @@ class PromptSetCreate(BaseModel):
     conversation: ConversationSettingsIn | None = Field(default=None, description='for kind "conversation"')
 
 
-class ConversationSettingsPatch(BaseModel):
-    """The conversation settings a PATCH changes; the others keep their values. Bounds are
-    checked by the service (app/services/conversation_settings.py) with a clear 422."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_turns: int | None = None
-    branching: int | None = None
-    max_context_chars: int | None = None
-    rankers_per_node: int | None = Field(default=None, description="sets the set's overlap")
+#: The conversation settings a PATCH changes (the others keep their values): the fields of
+#: ``ConversationSettingsIn``, each optional. Bounds are checked by the service
+#: (app/services/conversation_settings.py) with a clear 422.
+ConversationSettingsPatch = create_model(
+    "ConversationSettingsPatch",
+    __config__=ConfigDict(extra="forbid"),
+    **{name: (int | None, Field(default=None, description=f.description))
+       for name, f in ConversationSettingsIn.model_fields.items()},
+)
 
 
 class PromptSetUpdate(BaseModel):
