@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import Integer, and_, bindparam, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.db import transact
@@ -58,14 +58,28 @@ __all__ = [
 ]
 
 
+_VIEW = (
+    select(Prompt, PromptSet, Completion.id, Completion.text)
+    .join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
+    .outerjoin(
+        Completion,
+        and_(Completion.prompt_id == Prompt.id, Completion.id.in_(bindparam("completion_ids", expanding=True))),
+    )
+    .where(Prompt.id == bindparam("prompt_id", type_=Integer))
+)
+
+
 def task_view(db: Session, task: Task) -> dict[str, Any]:
     """The task as its labeler sees it (the TaskOut shape)."""
-    prompt = db.get(Prompt, task.prompt_id)
-    if prompt is None:
+    # One statement: the prompt, its set (held here, so the conversation check below finds
+    # it in the session) and the texts of the task's completions.
+    rows = db.execute(
+        _VIEW, {"prompt_id": task.prompt_id, "completion_ids": list(task.completion_ids or [])}
+    ).all()
+    if not rows:
         raise NotFound(f"prompt {task.prompt_id} of task {task.id} not found")
-    texts = dict(
-        db.execute(select(Completion.id, Completion.text).where(Completion.id.in_(task.completion_ids or []))).all()
-    )
+    prompt, _ps = rows[0][0], rows[0][1]
+    texts = {cid: text for _, _, cid, text in rows if cid is not None}
     messages: list[dict[str, str]] | None = (
         [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in prompt.messages]
         if prompt.messages
