@@ -88,4 +88,6 @@ def test_a_round_on_a_conversation_set_trains_sft_rm_and_ppo_on_conversations(se
     run = run_state(database, run_id)
     assert run.status == "succeeded", (run.error, logs_of(database, run_id))
     assert {"sft", "rm", "ppo", "eval"} <= set(run.metrics), run.metrics
+    for stage in ("sft", "rm", "ppo", "eval"):  # the short contexts fit: nothing cut, and each stage says so
+        assert run.metrics[stage]["context_cut_examples"] == 0 == run.metrics[stage]["context_cut_messages"], stage
     assert run.snapshot["counts"]["rankings"] == 12 and run.snapshot["counts"]["demonstrations"] == 12

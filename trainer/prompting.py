@@ -12,7 +12,11 @@ and judged by exactly what labelers were shown:
 * :func:`prompt_token_limit` and :func:`encode_prompt` keep the last tokens of a prompt
   that would not leave room for the response; :func:`fit_messages` first cuts a
   conversation from its oldest turns, keeping its system messages, so a long chat loses
-  whole exchanges rather than the middle of one;
+  whole exchanges rather than the middle of one; :func:`fit_prompt` does that for any
+  prompt shape and is how every training stage (SFT, RM, DPO, PPO, the evaluation) fits its
+  contexts (:func:`response_budget_limit` is the prompt budget beside a response);
+* :func:`render_conversation` renders a whole conversation, assistant turns included (SFT
+  labels every assistant turn against it, ``sft_assistant_turns="all"``);
 * :func:`encode_prompt_response` joins a rendered prompt and a response (EOS appended) for
   the training stages, cutting the prompt from the left when the pair is too long;
 * :func:`pad_token_id` is the pad id (EOS for tokenizers without a pad token);

@@ -9,9 +9,11 @@ import copy
 import pytest
 import torch
 
-from trainer.config import ConfigError, SFTConfig, stage_configs, validate_round_config
+from trainer.config import ConfigError, DPOConfig, EvalConfig, SFTConfig, stage_configs, validate_round_config
 from trainer.prompting import encode_rendered, fit_prompt, prompt_text, render_prompt
 from trainer.stages.common import IGNORE_INDEX
+from trainer.stages.dpo import train_dpo
+from trainer.stages.evaluate import evaluate_policies
 from trainer.stages.ppo import PPOConfig, train_ppo
 from trainer.stages.reward import RankingExample, RewardModel, RMConfig, train_reward_model
 from trainer.stages.sft import SFTExample, encode_sft, encode_sft_example, train_sft
@@ -212,3 +214,28 @@ def test_ppo_cuts_long_prompts_from_the_oldest_turns_and_reports_it(policy, toke
     assert conversation.startswith("<|im_start|>system\nBe brief.<|im_end|>")
     assert len(encode_rendered(tokenizer, conversation)) <= 64
     assert prompt_text(tokenizer, prompts[1]) in seen  # the string prompt as it was
+
+
+def test_dpo_cuts_long_contexts_as_the_reward_model_does(policy, tokenizer, accelerator):
+    completions = ["great marker answer", "bad answer"]
+    long = RankingExample(prompt=None, messages=long_conversation(10), completions=completions, ranking=[[0], [1]])
+    config = DPOConfig(epochs=1, min_steps=0, rankings_per_batch=1, max_length=96)
+    metrics = train_dpo(policy, copy.deepcopy(policy), tokenizer, [long], [], config, accelerator=accelerator)
+    expected = fit_prompt(tokenizer, long, 96 - len(tokenizer(completions[0], add_special_tokens=False)["input_ids"]) - 1)
+    assert metrics["context_cut_examples"] == 1
+    assert metrics["context_cut_messages"] == expected.dropped > 0
+
+
+def test_the_evaluation_cuts_long_prompts_from_the_oldest_turns(policy, tokenizer):
+    seen: list[str] = []
+
+    def score(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        seen.extend(prompts)
+        return torch.zeros(len(prompts))
+
+    prompts = [long_conversation(10), "Write about the sea."]
+    params = EvalConfig(max_new_tokens=4, temperature=1.0, samples_per_prompt=1, max_prompt_length=64)
+    result = evaluate_policies(policy, copy.deepcopy(policy), score, tokenizer, prompts, params)
+    expected = fit_prompt(tokenizer, prompts[0], 64)
+    assert result["context_cut_examples"] == 1 and result["context_cut_messages"] == expected.dropped > 0
+    assert expected.text in seen and "question 0:" not in expected.text

@@ -32,7 +32,14 @@ from app.services.rankings import (
     pairs_from_ranking,  # the one home of ranking arithmetic (torch-free)
 )
 from trainer.config import RMConfig, epochs_for
-from trainer.prompting import Message, encode_prompt_response, fit_prompt, pad_token_id, response_budget_limit
+from trainer.prompting import (
+    FittedPrompt,
+    Message,
+    encode_prompt_response,
+    fit_prompt,
+    pad_token_id,
+    response_budget_limit,
+)
 
 from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
 from .callbacks import StepCallback, check_cancel
@@ -54,7 +61,7 @@ from .tensors import pad_right
 
 __all__ = [
     "FORMAT", "HEAD_FILE", "META_FILE", "RMConfig", "RankingExample", "RewardModel", "decoder_layers",
-    "evaluate_rankings", "frozen_below", "last_real_index", "normalize_reward_bias", "pairs_from_ranking",
+    "evaluate_rankings", "fit_ranking", "frozen_below", "last_real_index", "normalize_reward_bias", "pairs_from_ranking",
     "ranking_batch", "ranking_loss", "reward_fn_from_model", "score", "train_reward_model",
 ]
 
@@ -87,11 +94,17 @@ class _EncodedRanking:
     context_cut: int = 0  # oldest context messages dropped to fit
 
 
-def _encode_ranking(tokenizer, ex: RankingExample, max_length: int) -> _EncodedRanking:
-    """The K rows of a ranking over one context, fitted (:func:`~trainer.prompting.fit_prompt`)
-    so that the longest completion (and its EOS) still fits in ``max_length``."""
+def fit_ranking(tokenizer, ex: RankingExample, max_length: int) -> FittedPrompt:
+    """A ranking's context fitted (:func:`~trainer.prompting.fit_prompt`: oldest exchanges
+    first, system kept) so that its longest completion (and EOS) still fits in
+    ``max_length``; the RM and DPO encode their rankings over it."""
     longest = max((len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ex.completions), default=0)
-    fitted = fit_prompt(tokenizer, ex, response_budget_limit(max_length, longest + 1))
+    return fit_prompt(tokenizer, ex, response_budget_limit(max_length, longest + 1))
+
+
+def _encode_ranking(tokenizer, ex: RankingExample, max_length: int) -> _EncodedRanking:
+    """The K rows of a ranking over its fitted context (:func:`fit_ranking`)."""
+    fitted = fit_ranking(tokenizer, ex, max_length)
     rows = [encode_prompt_response(tokenizer, fitted.text, c, max_length)[0] for c in ex.completions]
     return _EncodedRanking(rows=rows, pairs=pairs_from_ranking(ex.ranking), context_cut=fitted.dropped)
 
