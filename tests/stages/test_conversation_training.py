@@ -186,7 +186,8 @@ def test_the_reward_model_cuts_long_contexts_and_reports_it(tiny_dir, tokenizer,
     config = RMConfig(max_length=96, epochs=1, min_steps=0, rankings_per_batch=2)
     metrics = train_reward_model(rm, tokenizer, [long, short], [], config, accelerator)
     assert metrics["context_cut_examples"] == 1
-    expected = fit_prompt(tokenizer, long, 96 - len(tokenizer(completions[0], add_special_tokens=False)["input_ids"]) - 1)
+    longest = len(tokenizer(completions[0], add_special_tokens=False)["input_ids"])
+    expected = fit_prompt(tokenizer, long, 96 - longest - 1)  # room for the longest completion and EOS
     assert metrics["context_cut_messages"] == expected.dropped > 0
 
 
@@ -221,7 +222,8 @@ def test_dpo_cuts_long_contexts_as_the_reward_model_does(policy, tokenizer, acce
     long = RankingExample(prompt=None, messages=long_conversation(10), completions=completions, ranking=[[0], [1]])
     config = DPOConfig(epochs=1, min_steps=0, rankings_per_batch=1, max_length=96)
     metrics = train_dpo(policy, copy.deepcopy(policy), tokenizer, [long], [], config, accelerator=accelerator)
-    expected = fit_prompt(tokenizer, long, 96 - len(tokenizer(completions[0], add_special_tokens=False)["input_ids"]) - 1)
+    longest = len(tokenizer(completions[0], add_special_tokens=False)["input_ids"])
+    expected = fit_prompt(tokenizer, long, 96 - longest - 1)  # room for the longest completion and EOS
     assert metrics["context_cut_examples"] == 1
     assert metrics["context_cut_messages"] == expected.dropped > 0
 

@@ -61,8 +61,8 @@ from .tensors import pad_right
 
 __all__ = [
     "FORMAT", "HEAD_FILE", "META_FILE", "RMConfig", "RankingExample", "RewardModel", "decoder_layers",
-    "evaluate_rankings", "fit_ranking", "frozen_below", "last_real_index", "normalize_reward_bias", "pairs_from_ranking",
-    "ranking_batch", "ranking_loss", "reward_fn_from_model", "score", "train_reward_model",
+    "evaluate_rankings", "fit_ranking", "frozen_below", "last_real_index", "normalize_reward_bias",
+    "pairs_from_ranking", "ranking_batch", "ranking_loss", "reward_fn_from_model", "score", "train_reward_model",
 ]
 
 logger = logging.getLogger(__name__)
