@@ -166,8 +166,8 @@ def fit_prompt(tokenizer: Any, item: PromptLike, limit: int | None) -> FittedPro
     kept, what is kept starts with a user turn); a plain-text prompt is rendered as it is.
     Whatever is still too long is cut from the left by the encoder
     (:func:`encode_prompt`, :func:`encode_prompt_response`). The training stages (SFT, the
-    reward model, PPO) all fit their prompts here and count ``dropped`` in their metrics
-    (``context_cut_examples``, ``context_cut_messages``).
+    reward model, DPO, PPO) and the evaluation all fit their prompts here and count
+    ``dropped`` in their metrics (``context_cut_examples``, ``context_cut_messages``).
     """
     prompt, messages = prompt_parts(item)
     if messages is None:
