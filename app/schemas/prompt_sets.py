@@ -114,6 +114,9 @@ class PromptSetOut(BaseModel):
     status: str
     kind: str
     conversation: ConversationSettingsOut | None = None
+    red_team_promoted_at: datetime | None = Field(
+        default=None, description="red-team sets: when an admin made their data training data"
+    )
     created_at: datetime
     updated_at: datetime
 
