@@ -15,6 +15,7 @@ from app.models import AuditLog, Prompt, PromptSet, Ranking, User
 from app.models.base import utcnow
 from app.services import red_team
 from app.services.leaderboard import wilson
+from tests.conftest import login
 from tests.conversation_helpers import context_prompt_ids, create_conversation_set, deploy_chat_policy, sample_replies
 from tests.round_helpers import add_demonstration
 from trainer.data import load_round_data, take_snapshot
@@ -200,3 +201,26 @@ def test_a_round_trains_on_a_red_team_set_only_after_promotion(client, database,
         assert demoted >= 1  # two of the three seeds have a failing reply; one ranking is late
         assert [d.completion for d in data.demonstrations] == ["I can't help"]
 
+
+
+def test_the_set_page_shows_the_failure_rate_and_promotes_with_csrf(client, database, admin, make_account) -> None:
+    ps = _red_team_set(client, database, admin)
+    _sample(database, ps["id"], "A")
+    _rank_all(client, make_account(), ps["id"])
+    csrf = login(client, "admin")
+    url = f"/admin/prompt-sets/{ps['id']}"
+    page = client.get(url).text
+    assert "Failure rate under attack" in page and 'id="red-team-promote"' in page
+    assert "33.3%" in page and "9.7% – 70.0%" in page
+    r = client.post(url, data={"action": "red_team_promote"}, follow_redirects=False)
+    assert r.status_code == 403 and "CSRF" in r.text
+    with database.session() as db:
+        assert db.get(PromptSet, ps["id"]).red_team_promoted_at is None
+    r = client.post(url, data={"action": "red_team_promote", "csrf_token": csrf})
+    assert r.status_code == 200 and "Promoted" in r.text and 'id="red-team-promoted"' in r.text
+    with database.session() as db:
+        assert db.get(PromptSet, ps["id"]).red_team_promoted_by_id == admin.id
+    r = client.post(url, data={"action": "red_team_promote", "csrf_token": csrf})
+    assert r.status_code == 200 and "Already promoted." in r.text
+    plain = client.post("/api/v1/prompt-sets", json={"name": "plain"}, headers=admin.headers).json()
+    assert "Failure rate under attack" not in client.get(f"/admin/prompt-sets/{plain['id']}").text
