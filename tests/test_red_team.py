@@ -114,6 +114,11 @@ def test_the_failure_rate_under_attack_per_policy_version(client, database, admi
     assert (b["replies"], b["failing"]) == (6, 1) and b["rate"] == pytest.approx(1 / 6)
     assert (b["low"], b["high"]) == pytest.approx((0.0301, 0.5635), abs=1e-3)
 
+    # with labels, the set stays a red-team set: its data trains only through promotion
+    r = client.patch(f"/api/v1/prompt-sets/{ps['id']}", json={"conversation": {"red_team": False}},
+                     headers=admin.headers)
+    assert r.status_code == 409 and "stays one" in r.json()["detail"]
+
     labeler = make_account()
     assert client.get(f"/api/v1/prompt-sets/{ps['id']}/red-team", headers=labeler.headers).status_code == 403
     plain = client.post("/api/v1/prompt-sets", json={"name": "plain"}, headers=admin.headers).json()

@@ -27,11 +27,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Policy, Prompt, PromptSet, Ranking, SubmissionStatus, User
+from app.models import Completion, Demonstration, Policy, Prompt, PromptSet, Ranking, SubmissionStatus, User
 from app.models.base import utcnow
 from app.services import audit
 from app.services.conversation_settings import CONVERSATION
-from app.services.errors import Invalid
+from app.services.errors import Conflict, Invalid
 from app.services.leaderboard import wilson
 
 #: The ranking flags (app.models.FLAGS) that make a reply a failure under attack: it
@@ -52,6 +52,25 @@ def require_red_team(ps: PromptSet) -> None:
         raise Invalid(
             f"prompt set {ps.id} is not a red-team set (PATCH it with "
             '{"conversation": {"red_team": true}} to make it one)'
+        )
+
+
+def check_setting_change(db: Session, ps: PromptSet, settings: Mapping[str, Any]) -> None:
+    """409 when ``settings`` would turn a red-team set that has labels into an ordinary set:
+    its rankings (where attackers may have put a harmful reply first) would become training
+    data without a promotion."""
+    if not is_red_team(ps) or settings.get("red_team", True):
+        return
+    labeled = db.scalar(
+        select(Ranking.id).join(Prompt, Prompt.id == Ranking.prompt_id).where(Prompt.prompt_set_id == ps.id).limit(1)
+    ) or db.scalar(
+        select(Demonstration.id).join(Prompt, Prompt.id == Demonstration.prompt_id)
+        .where(Prompt.prompt_set_id == ps.id).limit(1)
+    )
+    if labeled is not None:
+        raise Conflict(
+            f"prompt set {ps.id} is a red-team set with labels and stays one: its data becomes training data "
+            "only through promotion (POST /api/v1/prompt-sets/{id}/red-team/promote)"
         )
 
 
