@@ -7,7 +7,7 @@ session's CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -48,8 +48,15 @@ def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_db(request: Request) -> Iterator[Session]:
-    """A session per request. Routes commit explicitly before they answer."""
+async def get_db(request: Request) -> AsyncIterator[Session]:
+    """A session per request. Routes commit explicitly before they answer.
+
+    Async so that FastAPI runs it in the event loop instead of two trips through the
+    thread pool (its setup and its teardown); each trip cost more CPU than the session
+    itself (docs/benchmarks.md, "Labeling at scale"). Neither blocks: a new session holds
+    no connection yet, and closing one whose transaction the route committed hands the
+    connection back without a round trip (psycopg skips the rollback of an idle one).
+    """
     session = request.app.state.db.sessionmaker()
     try:
         yield session
@@ -107,22 +114,25 @@ def _check_api_csrf(request: Request, principal: Principal) -> None:
         raise HTTPException(403, "missing or invalid CSRF token (send the X-CSRF-Token header)")
 
 
-def api_user(
+async def api_user(
     request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]
 ) -> Principal:
+    """The authenticated caller (401 otherwise). This and the other role checks are async:
+    they only read what optional_principal loaded, so they run in the event loop instead
+    of taking a trip through the thread pool each."""
     if principal is None:
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
     _check_api_csrf(request, principal)
     return principal
 
 
-def api_admin(principal: Annotated[Principal, Depends(api_user)]) -> Principal:
+async def api_admin(principal: Annotated[Principal, Depends(api_user)]) -> Principal:
     if not principal.user.is_admin:
         raise HTTPException(403, "admin role required")
     return principal
 
 
-def page_user(
+async def page_user(
     request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]
 ) -> Principal:
     if principal is None:
@@ -130,7 +140,7 @@ def page_user(
     return principal
 
 
-def page_admin(principal: Annotated[Principal, Depends(page_user)]) -> Principal:
+async def page_admin(principal: Annotated[Principal, Depends(page_user)]) -> Principal:
     if not principal.user.is_admin:
         raise HTTPException(403, "admin role required")
     return principal

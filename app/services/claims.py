@@ -30,14 +30,15 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, Select, bindparam, select
 from sqlalchemy.orm import Session
 
+from app.db import is_sqlite
 from app.models import TASK_KINDS, Completion, Prompt, PromptSet, Slot, Task, User
 from app.models.base import UTCDateTime, utcnow
 from app.services import continue_tasks, conversations
 from app.services.errors import Invalid
-from app.services.leases import expire_lapsed, held_task, lease_until, relet_lapsed
+from app.services.leases import lease_until, resume_or_tidy
 from app.services.prompt_sets import get_prompt_set, is_serving
 from app.services.serving import served_completions, served_pairs
-from app.services.slots import check_slot, labeler_has, open_slot_statement, reap_lapsed, taken_slots
+from app.services.slots import check_slot, labeler_has, open_slot_statement, taken_slots
 from app.services.task_states import LEASED
 
 
@@ -130,12 +131,12 @@ def _claim_from(
     """Lock the first prompt of the ``which`` claim query that ``accept`` (a recount under
     the lock) agrees to.
 
-    First pass skips prompts other claimers hold locked; when that finds nothing, a second
-    pass waits for them, so a set with free slots never answers "nothing left" only
-    because someone else was claiming at the same moment.
+    One pass, skipping prompts other claimers hold locked: a gold claim that finds nothing
+    falls back to a regular claim (gold is mixed in at a rate, not owed), so it need not
+    wait for them.
     """
     rejected: list[int] = []
-    for skip_locked in (True, False):
+    for skip_locked in (True,):
         query = _claim_statement(which, skip_locked)
         for _ in range(max_tries):
             prompt = db.scalar(query, {**params, "rejected": list(rejected)})
@@ -158,9 +159,10 @@ def _claim_open_slot(
     ready (retired by a redeploy in flight) is passed over. First pass skips rows other
     claimers hold locked; when that finds nothing, a second pass waits for them, so a set
     with free slots never answers "nothing left" only because someone else was claiming.
+    (SQLite has no row locks and its transaction holds the write lock: one pass.)
     """
     rejected: list[int] = []
-    for skip_locked in (True, False):
+    for skip_locked in (False,) if is_sqlite(db) else (True, False):
         for _ in range(max_tries):
             stmt = open_slot_statement(kind, skip_locked)
             if rejected:
@@ -214,13 +216,13 @@ def next_task(
         raise Invalid(f"prompt set {ps.id} is not a conversation set; continue tasks need one")
     if not is_serving(ps):
         return None
-    # Serialise this labeler's own concurrent requests (two tabs, double clicks).
-    db.execute(select(User.id).where(User.id == user.id).with_for_update(key_share=True))
-    held = held_task(db, user.id, ps.id, kind, now) or relet_lapsed(db, user.id, ps, kind, now, lease_minutes)
+    if not is_sqlite(db):  # (SQLite: the transaction's BEGIN IMMEDIATE serialises everything)
+        # Serialise this labeler's own concurrent requests (two tabs, double clicks). Its own
+        # statement: a probe folded into it would read a snapshot from before the lock.
+        db.execute(select(User.id).where(User.id == user.id).with_for_update(key_share=True))
+    held = resume_or_tidy(db, user.id, ps, kind, now, lease_minutes)
     if held is not None:
         return held
-    expire_lapsed(db, user.id, now)
-    reap_lapsed(db, ps.id, now)
 
     if kind == "continue":  # slots per reply node, against the set's branching limit
         found = continue_tasks.claim_continue(db, ps, user.id, now)

@@ -50,8 +50,13 @@ from app.models import (
 from app.services.conversation_settings import CONVERSATION, ConversationSettings, check_settings
 from app.services.errors import Conflict, Invalid
 
+def is_conversation_kind(kind: str | None) -> bool:
+    """Whether a prompt set of this ``kind`` holds conversation trees."""
+    return kind == CONVERSATION
+
+
 def is_conversation(ps: PromptSet) -> bool:
-    return ps.kind == CONVERSATION
+    return is_conversation_kind(ps.kind)
 
 
 def settings_of(ps: PromptSet) -> ConversationSettings:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, Integer, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import PromptSet, Task, TaskStatus, User
-from app.models.base import utcnow
+from app.models import PromptSet, Slot, Task, TaskStatus, User
+from app.models.base import UTCDateTime, utcnow
 from app.services import continue_tasks, conversations
 from app.services.errors import Conflict
 from app.services.prompt_sets import get_prompt_set
-from app.services.slots import MINE, SlotCheck, check_slot, live_lease, lock_pair
+from app.services.slots import MINE, SlotCheck, check_slot, live_lease, lock_pair, reap_lapsed
 from app.services.task_states import EXPIRED, LEASED, enter_state, entered_from, own_task
 
 
@@ -76,10 +77,7 @@ def relet_lapsed(
             Task.labeler_id == labeler_id,
             Task.prompt_set_id == ps.id,
             Task.kind == kind,
-            or_(
-                Task.status == TaskStatus.EXPIRED,
-                and_(Task.status == TaskStatus.LEASED, Task.lease_expires_at <= now),
-            ),
+            _lapsed(now),
         )
         .order_by(Task.lease_expires_at.desc(), Task.id.desc())
         .limit(1)
@@ -95,6 +93,71 @@ def relet_lapsed(
     enter_state(stale, LEASED, lease_expires_at=lease_until(now, lease_minutes))
     db.flush()
     return stale
+
+
+def _lapsed(now: datetime) -> ColumnElement[bool]:
+    """Tasks whose lease ran out: marked expired, or still leased past their lease."""
+    return or_(Task.status == TaskStatus.EXPIRED, and_(Task.status == TaskStatus.LEASED, Task.lease_expires_at <= now))
+
+
+class LeaseProbe(NamedTuple):
+    """What a claim must do before it looks for new work, read in one statement
+    (:func:`probe_leases`): each field is the condition under which one of
+    :func:`held_task`, :func:`relet_lapsed`, :func:`expire_lapsed` and
+    :func:`~app.services.slots.reap_lapsed` has anything to do."""
+
+    live: bool  # the labeler holds a live lease in this set and kind
+    lapsed: bool  # ... or a lapsed one there that could be leased again
+    expire_mine: bool  # the labeler has leases (any set) past their time, still marked leased
+    reap_set: bool  # the set's slots rows say a lease lapsed since the last reap
+
+
+def _probe_statement() -> Any:
+    labeler: Any = bindparam("labeler_id", type_=Integer)
+    ps_id: Any = bindparam("ps_id", type_=Integer)
+    kind: Any = bindparam("kind")
+    now: Any = bindparam("now", type_=UTCDateTime())
+    mine = (Task.labeler_id == labeler, Task.prompt_set_id == ps_id, Task.kind == kind)
+    return select(
+        exists().where(*mine, live_lease(now)).label("live"),
+        exists().where(*mine, _lapsed(now)).label("lapsed"),
+        exists().where(Task.labeler_id == labeler, Task.status == TaskStatus.LEASED, Task.lease_expires_at <= now)
+        .label("expire_mine"),
+        exists().where(Slot.prompt_set_id == ps_id, Slot.next_lapse <= now).label("reap_set"),
+    )
+
+
+_PROBE = _probe_statement()
+
+
+def probe_leases(db: Session, labeler_id: int, prompt_set_id: int, kind: str, now: datetime) -> LeaseProbe:
+    """The four lease checks a claim starts with, as one round trip (issue 16: the claim
+    used to send each as its own statement, and all but the first are usually empty)."""
+    row = db.execute(_PROBE, {"labeler_id": labeler_id, "ps_id": prompt_set_id, "kind": kind, "now": now}).one()
+    return LeaseProbe(*(bool(v) for v in row))
+
+
+def resume_or_tidy(
+    db: Session, labeler_id: int, ps: PromptSet, kind: str, now: datetime, lease_minutes: float
+) -> Task | None:
+    """Before a new claim: the labeler's live lease in this set and kind, else their lapsed
+    one leased again if its slot is free; otherwise mark their lapsed leases expired and
+    reap the set's lapsed slots, so the claim sees them free. Only the steps the probe
+    says have work run."""
+    probe = probe_leases(db, labeler_id, ps.id, kind, now)
+    if probe.live:
+        held = held_task(db, labeler_id, ps.id, kind, now)
+        if held is not None:
+            return held
+    if probe.lapsed:
+        relet = relet_lapsed(db, labeler_id, ps, kind, now, lease_minutes)
+        if relet is not None:
+            return relet
+    if probe.expire_mine:
+        expire_lapsed(db, labeler_id, now)
+    if probe.reap_set:
+        reap_lapsed(db, ps.id, now)
+    return None
 
 
 def expire_lapsed(db: Session, labeler_id: int, now: datetime) -> None:

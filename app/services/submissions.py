@@ -17,17 +17,17 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
-from app.models import FLAGS, Demonstration, Ranking, SubmissionStatus, Task, TaskStatus, User
+from app.models import FLAGS, Demonstration, PromptSet, Ranking, SubmissionStatus, Task, TaskStatus, User, Webhook
 from app.models.base import utcnow
 from app.services import continue_tasks, conversations, webhook_events
-from app.services.errors import Conflict, Invalid
+from app.services.errors import Conflict, Invalid, NotFound
 from app.services.leases import lease_is_live, lease_until, relet_expired
-from app.services.task_states import LEASED, SKIPPED, SUBMITTED, enter_state, own_task
+from app.services.task_states import LEASED, SKIPPED, SUBMITTED, check_owner, enter_state, own_task
 
 SubmissionT = TypeVar("SubmissionT", Ranking, Demonstration)
 
@@ -149,6 +149,34 @@ def undo_deadline(created_at: datetime, window_minutes: float) -> datetime:
     return created_at + timedelta(minutes=window_minutes)
 
 
+class AnswerTarget(NamedTuple, Generic[SubmissionT]):
+    """What answering a task needs to know, read in one statement (:func:`answer_target`)."""
+
+    task: Task  # row-locked, current values
+    existing: SubmissionT | None  # the answer stored for it before, if any
+    in_conversation: bool  # its set is a conversation set (the tree follows the answer)
+    hooks_active: bool  # some webhook is active (only then are events looked at)
+
+
+def answer_target(db: Session, task_id: int, user: User, model: type[SubmissionT]) -> AnswerTarget[SubmissionT]:
+    """The labeler's own task, locked, with its stored ``model`` row, its set's kind and
+    whether any webhook is active: one round trip on the submit path (issue 16) where
+    there were four. 404 when there is no such task, 403 when it is someone else's."""
+    row = db.execute(
+        select(Task, model, PromptSet.kind, exists().where(Webhook.is_active.is_(True)))
+        .join(PromptSet, PromptSet.id == Task.prompt_set_id)
+        .outerjoin(model, model.task_id == Task.id)
+        .where(Task.id == task_id)
+        .limit(1)
+        .with_for_update(of=Task, key_share=True)
+        .execution_options(populate_existing=True)
+    ).first()
+    if row is None:
+        raise NotFound(f"task {task_id} not found")
+    task, existing, set_kind, hooks = row
+    return AnswerTarget(check_owner(task, user), existing, conversations.is_conversation_kind(set_kind), bool(hooks))
+
+
 def _store(
     db: Session,
     task: Task,
@@ -156,15 +184,16 @@ def _store(
     what: str,
     payload_hash: str,
     now: datetime,
+    existing: SubmissionT | None,
     **fields: Any,
 ) -> tuple[SubmissionT, bool]:
     """Store a task's submission once: the identical payload again returns the stored row
     (``created`` False, so a client retry is idempotent), a different one is a conflict.
 
     The task must still be open (see :func:`check_open`). A row left behind by a requeue
-    that was undone elsewhere is replaced.
+    that was undone elsewhere is replaced. ``existing``: the row stored for the task before
+    (:func:`answer_target`).
     """
-    existing = db.scalar(select(model).where(model.task_id == task.id))
     if existing is not None and task.status == TaskStatus.SUBMITTED:
         if existing.payload_hash == payload_hash:
             return existing, False
@@ -210,7 +239,7 @@ def submit_ranking(
     Run it inside :func:`app.db.transact`.
     """
     now = now or utcnow()
-    task = own_task(db, task_id, user, lock=True)
+    task, existing, in_conversation, hooks_active = answer_target(db, task_id, user, Ranking)
     check_kind(task, "rank")
     groups = validate_ranking(task, ranking)
     clean_ratings = validate_ratings(task, ratings or {})
@@ -228,14 +257,16 @@ def submit_ranking(
         "ranking",
         payload_hash,
         now,
+        existing,
         ranking=groups,
         ratings=clean_ratings,
         all_unacceptable=bool(all_unacceptable),
         comment=comment,
         time_spent_s=spent,
     )
-    if created:
-        conversations.refresh_best(db, [task.prompt_id])  # a no-op outside conversation sets
+    if created and in_conversation:
+        conversations.refresh_best(db, [task.prompt_id])
+    if created and hooks_active:
         webhook_events.ranking_stored(db, task.prompt_set_id)  # prompt_set.completed, when it fills the set
     return row, created
 
@@ -255,15 +286,17 @@ def submit_demonstration(
 ) -> tuple[Demonstration, bool]:
     """Store the labeler's written response for a demonstrate task. Returns (row, created)."""
     now = now or utcnow()
-    task = own_task(db, task_id, user, lock=True)
+    task, existing, in_conversation, _ = answer_target(db, task_id, user, Demonstration)
     check_kind(task, "demonstrate")
     body = written_text(text, max_chars, what="the demonstration",
                         empty_hint="write the response you would want the assistant to give")
     spent = check_time_spent(time_spent_s)
     payload_hash = answer_hash({"text": body})
-    row, created = _store(db, task, Demonstration, "demonstration", payload_hash, now, text=body, time_spent_s=spent)
-    if created:
-        conversations.add_written_reply(db, row)  # a no-op outside conversation sets
+    row, created = _store(
+        db, task, Demonstration, "demonstration", payload_hash, now, existing, text=body, time_spent_s=spent
+    )
+    if created and in_conversation:
+        conversations.add_written_reply(db, row)
     return row, created
 
 

@@ -94,7 +94,11 @@ def get_task(db: Session, task_id: int, *, lock: bool = False) -> Task:
 
 def own_task(db: Session, task_id: int, user: User, *, lock: bool = False) -> Task:
     """The task if it is this labeler's; 404 if there is none, 403 if it is someone else's."""
-    task = get_task(db, task_id, lock=lock)
+    return check_owner(get_task(db, task_id, lock=lock), user)
+
+
+def check_owner(task: Task, user: User) -> Task:
+    """``task`` if it is this labeler's; 403 if it is someone else's."""
     if task.labeler_id != user.id:
-        raise Forbidden(f"task {task_id} belongs to another labeler")
+        raise Forbidden(f"task {task.id} belongs to another labeler")
     return task

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import Integer, and_, bindparam, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.db import transact
@@ -58,14 +58,28 @@ __all__ = [
 ]
 
 
+_VIEW = (
+    select(Prompt, PromptSet, Completion.id, Completion.text)
+    .join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
+    .outerjoin(
+        Completion,
+        and_(Completion.prompt_id == Prompt.id, Completion.id.in_(bindparam("completion_ids", expanding=True))),
+    )
+    .where(Prompt.id == bindparam("prompt_id", type_=Integer))
+)
+
+
 def task_view(db: Session, task: Task) -> dict[str, Any]:
     """The task as its labeler sees it (the TaskOut shape)."""
-    prompt = db.get(Prompt, task.prompt_id)
-    if prompt is None:
+    # One statement: the prompt, its set (held here, so the conversation check below finds
+    # it in the session) and the texts of the task's completions.
+    rows = db.execute(
+        _VIEW, {"prompt_id": task.prompt_id, "completion_ids": list(task.completion_ids or [])}
+    ).all()
+    if not rows:
         raise NotFound(f"prompt {task.prompt_id} of task {task.id} not found")
-    texts = dict(
-        db.execute(select(Completion.id, Completion.text).where(Completion.id.in_(task.completion_ids or []))).all()
-    )
+    prompt, _ps = rows[0][0], rows[0][1]
+    texts = {cid: text for _, _, cid, text in rows if cid is not None}
     messages: list[dict[str, str]] | None = (
         [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in prompt.messages]
         if prompt.messages
@@ -103,15 +117,32 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
     completions (with no policy deployed: prompts where no policy has K).
     """
     now = now or utcnow()
+    S = Slot
     live = and_(Task.status == TaskStatus.LEASED, Task.lease_expires_at > now)
-    mine: dict[tuple[str, str], tuple[int, int]] = {
-        (kind, status): (n, int(n_live or 0))
-        for kind, status, n, n_live in db.execute(
-            select(Task.kind, Task.status, func.count(), func.sum(case((live, 1), else_=0)))
-            .where(Task.labeler_id == user.id, Task.prompt_set_id == ps.id)
-            .group_by(Task.kind, Task.status)
+    pair_key = case((Task.kind == "rank", func.coalesce(Task.policy_id, 0)), else_=0)
+    # An own task that keeps the labeler off an open pair: done, skipped, sent back, or held.
+    keeps_off = and_(
+        or_(Task.status.in_(("submitted", "skipped", "requeued")), live),
+        exists().where(
+            S.prompt_id == Task.prompt_id, S.kind == Task.kind, S.policy_id == pair_key,
+            S.prompt_set_id == ps.id, S.served.is_(True), S.taken < ps.overlap,
+        ),
+    )
+    # One pass over the labeler's own tasks in the set: their counts by kind and status,
+    # the live ones, and those keeping them off a pair that is open for others.
+    mine: dict[tuple[str, str], tuple[int, int]] = {}
+    kept: dict[tuple[str, int], int] = {}
+    for kind, status, pair, n, n_live, n_kept in db.execute(
+        select(
+            Task.kind, Task.status, pair_key, func.count(),
+            func.sum(case((live, 1), else_=0)), func.sum(case((keeps_off, 1), else_=0)),
         )
-    }
+        .where(Task.labeler_id == user.id, Task.prompt_set_id == ps.id)
+        .group_by(Task.kind, Task.status, pair_key)
+    ):
+        n0, live0 = mine.get((kind, status), (0, 0))
+        mine[(kind, status)] = (n0 + n, live0 + int(n_live or 0))
+        kept[(kind, pair)] = kept.get((kind, pair), 0) + int(n_kept or 0)
 
     def n_mine(kind: str | None, status: str, is_live: bool = False) -> int:
         return sum(
@@ -120,45 +151,10 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
             if (kind is None or k == kind) and st == status
         )
 
-    S = Slot
-    deployed = db.scalar(select(Policy.id).where(Policy.deployed.is_(True)))
-    open_row = [S.prompt_set_id == ps.id, S.served.is_(True), S.taken < ps.overlap]
-    own = aliased(Task)
-    own_key = case((own.kind == "rank", func.coalesce(own.policy_id, 0)), else_=0)
-    kept_off = (
-        select(own.kind, own_key, func.count())
-        .where(
-            own.labeler_id == user.id,
-            own.prompt_set_id == ps.id,
-            or_(own.status.in_(("submitted", "skipped", "requeued")), and_(own.status == "leased", own.lease_expires_at > now)),
-            exists().where(S.prompt_id == own.prompt_id, S.kind == own.kind, S.policy_id == own_key, *open_row),
-        )
-        .group_by(own.kind, own_key)
-    )
-    kept: dict[tuple[str, int], int] = {(k, pol): n for k, pol, n in db.execute(kept_off)}
-    totals = {
-        (k, pol): (served, n_open)
-        for k, pol, served, n_open in db.execute(
-            select(SlotTotals.kind, SlotTotals.policy_id, SlotTotals.served, SlotTotals.open).where(
-                SlotTotals.prompt_set_id == ps.id
-            )
-        )
-    }
-    left = {key: n_open - kept.get(key, 0) for key, (_, n_open) in totals.items() if key[0] != "prompts"}
-    rank_left = sum(n for (k, _), n in left.items() if k == "rank")
-    demo_left = sum(n for (k, _), n in left.items() if k == "demonstrate")
-    regular = totals.get(("prompts", 0), (0, 0))[0]
-    if deployed is None:
-        waiting = regular - sum(served for (k, _), (served, _) in totals.items() if k == "rank")
-    else:
-        served_deployed = totals.get(("rank", deployed), (0, 0))[0]
-        open_elsewhere = sum(n for (k, pol), n in left.items() if k == "rank" and pol != deployed)
-        waiting = regular - served_deployed - open_elsewhere
-
     # When could a full prompt open up again? The earliest live lease of another labeler
     # on a pair served now (demonstrate: any) this labeler has not done.
-    t = aliased(Task)
-    next_expiry = db.scalar(
+    t, own = aliased(Task), aliased(Task)
+    next_expiry = (
         select(func.min(t.lease_expires_at))
         .join(S, and_(
             S.prompt_id == t.prompt_id,
@@ -179,7 +175,30 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
                 keeps_labeler_off(now, own),
             ),
         )
+        .scalar_subquery()
     )
+    deployed_id = select(Policy.id).where(Policy.deployed.is_(True)).scalar_subquery()
+    # The set's counters (slot_totals), with the deployed policy and the next lease expiry
+    # alongside: one statement. No rows means no slots, and then neither is needed.
+    totals: dict[tuple[str, int], tuple[int, int]] = {}
+    deployed: int | None = None
+    next_lease: datetime | None = None
+    for k, pol, served, n_open, deployed, next_lease in db.execute(
+        select(SlotTotals.kind, SlotTotals.policy_id, SlotTotals.served, SlotTotals.open, deployed_id, next_expiry)
+        .where(SlotTotals.prompt_set_id == ps.id)
+    ):
+        totals[(k, pol)] = (served, n_open)
+    left = {key: n_open - kept.get(key, 0) for key, (_, n_open) in totals.items() if key[0] != "prompts"}
+    rank_left = sum(n for (k, _), n in left.items() if k == "rank")
+    demo_left = sum(n for (k, _), n in left.items() if k == "demonstrate")
+    regular = totals.get(("prompts", 0), (0, 0))[0]
+    if deployed is None:
+        waiting = regular - sum(served for (k, _), (served, _) in totals.items() if k == "rank")
+    else:
+        served_deployed = totals.get(("rank", deployed), (0, 0))[0]
+        open_elsewhere = sum(n for (k, pol), n in left.items() if k == "rank" and pol != deployed)
+        waiting = regular - served_deployed - open_elsewhere
+
     offers_demos = ps.demonstration_share > 0 or totals.get(("demonstrate", 0), (0, 0))[0] > 0
     return ProgressOut(
         prompt_set_id=ps.id,
@@ -195,5 +214,5 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
         continue_left=continue_tasks.open_reply_count(db, ps, user.id, now),
         waiting_for_completions=max(0, waiting),
         offers_demonstrations=offers_demos,
-        next_lease_expiry=next_expiry,
+        next_lease_expiry=next_lease,
     )
