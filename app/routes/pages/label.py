@@ -20,16 +20,19 @@ from app.templating import render
 
 router = APIRouter(include_in_schema=False)
 
-# How the ranking page shows each flag of app.models.FLAGS (short pill text, full wording),
-# after the questions InstructGPT's labelers answered for every output.
-FLAG_LABELS: dict[str, tuple[str, str]] = {
-    "fails_instruction": ("Fails instruction", "Fails to follow the user's instruction"),
-    "made_up_facts": ("Made-up facts", "Makes up facts (hallucination)"),
-    "inappropriate_for_customer_assistant": ("Inappropriate", "Inappropriate for a customer assistant"),
-    "harmful_or_toxic": ("Harmful / toxic", "Harmful or toxic content"),
-    "sexual_or_violent": ("Sexual / violent", "Sexual or violent content"),
-    "moral_judgement": ("Moral judgement", "Expresses a moral judgement"),
+# How the ranking page shows each flag of app.models.FLAGS (short pill text, full wording,
+# the key that toggles it on the focused card), after the questions InstructGPT's labelers
+# answered for every output. The keys are free on the rank page (templates/label/rank.html
+# lists them from this table).
+FLAG_LABELS: dict[str, tuple[str, str, str]] = {
+    "fails_instruction": ("Fails instruction", "Fails to follow the user's instruction", "i"),
+    "made_up_facts": ("Made-up facts", "Makes up facts (hallucination)", "m"),
+    "inappropriate_for_customer_assistant": ("Inappropriate", "Inappropriate for a customer assistant", "c"),
+    "harmful_or_toxic": ("Harmful / toxic", "Harmful or toxic content", "x"),
+    "sexual_or_violent": ("Sexual / violent", "Sexual or violent content", "v"),
+    "moral_judgement": ("Moral judgement", "Expresses a moral judgement", "o"),
 }
+assert set(FLAG_LABELS) == set(FLAGS), "every flag of app.models.FLAGS needs its labels and key here"
 SKIP_REASONS = (
     "I can't judge this (outside what I know)",
     "The prompt is unclear or broken",
@@ -46,14 +49,7 @@ def _page_config(request: Request, mode: str, prompt_set_id: int) -> dict[str, A
         "leaseMinutes": settings.lease_minutes,
         "undoWindowMinutes": settings.undo_window_minutes,
         "maxDemonstrationChars": settings.max_demonstration_chars,
-        "flags": [
-            {
-                "name": f,
-                "short": FLAG_LABELS.get(f, (f.replace("_", " "),) * 2)[0],
-                "label": FLAG_LABELS.get(f, (f.replace("_", " "),) * 2)[1],
-            }
-            for f in FLAGS
-        ],
+        "flags": [dict(zip(("name", "short", "label", "key"), (f, *FLAG_LABELS[f]), strict=True)) for f in FLAGS],
         "skipReasons": list(SKIP_REASONS),
     }
 
