@@ -16,8 +16,9 @@ from starlette.datastructures import UploadFile
 
 from app.deps import DB, PageAdmin
 from app.routes.pages.forms import PageCall, PageForms
-from app.services import admin_views, gold, imports, prompt_sets, red_team
+from app.services import admin_views, conversation_trees, conversations, gold, imports, prompt_sets, red_team
 from app.services.errors import Invalid, ServiceError
+from app.templating import render
 
 router = APIRouter(include_in_schema=False)
 
@@ -162,6 +163,17 @@ async def prompt_set_post(prompt_set_id: int, request: Request, db: DB, principa
             call, 413, import_error=f"the upload is over the limit of {limit} bytes (RLHF_MAX_UPLOAD_BYTES)"
         )
     return await SET.handle(call)
+
+
+@router.get("/admin/prompt-sets/{prompt_set_id}/trees", response_class=HTMLResponse)
+def trees_page(prompt_set_id: int, request: Request, db: DB, principal: PageAdmin, page: int = 1) -> HTMLResponse:
+    """A conversation set's trees, nested: each message with who wrote it and its votes."""
+    ps = prompt_sets.get_prompt_set(db, prompt_set_id)
+    per_page = 20
+    view = conversation_trees.list_trees(db, ps, offset=(max(1, page) - 1) * per_page, limit=per_page)
+    pages = max(1, -(-view.total // per_page))
+    return render(request, "admin/trees.html", principal, ps=ps, view=view, page=max(1, page), pages=pages,
+                  settings=conversations.settings_of(ps))
 
 
 # ---------------------------------------------------------------- one prompt (gold)
