@@ -1,0 +1,124 @@
+"""Seeds written by labelers (``POST /api/v1/prompt-sets/{id}/seeds``): a labeler opens a
+conversation; it becomes a tree's root like an imported seed, with its author, and the
+sampler's replies hang under it. Idempotent for the same labeler and text; every bad input
+is a clear 4xx. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from app.models import AuditLog, ConversationNode, Prompt
+from tests.conversation_helpers import create_conversation_set, deploy_chat_policy, sample_replies
+
+
+def _seed(client, account, set_id: int, text: str, **headers):  # type: ignore[no-untyped-def]
+    return client.post(
+        f"/api/v1/prompt-sets/{set_id}/seeds", json={"text": text}, headers={**account.headers, **headers}
+    )
+
+
+def _set(client, database, admin, **settings):  # type: ignore[no-untyped-def]
+    deploy_chat_policy(database, client.app.state.settings.resolved_artifacts_dir)
+    return create_conversation_set(client, admin, **settings)
+
+
+def test_a_labeler_writes_a_seed_that_becomes_a_tree_root(client, database, admin, labeler, make_account) -> None:
+    ps = _set(client, database, admin)
+    r = _seed(client, labeler, ps["id"], "  How do I brew green tea?\r\nI have a kettle.  ")
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert out["content"] == "How do I brew green tea?\nI have a kettle."
+    assert out["tree_id"] == out["node_id"] and out["author_id"] == labeler.id and out["created"] is True
+    assert out["prompt_set_id"] == ps["id"]
+    with database.session() as db:
+        node = db.get(ConversationNode, out["node_id"])
+        assert node.role == "user" and node.source == "seed" and node.parent_id is None and node.root_id is None
+        assert node.depth == 0 and node.turn == 1 and node.context_chars == len(out["content"])
+        assert node.prompt_id == out["prompt_id"] and node.author_id == labeler.id
+        prompt = db.get(Prompt, out["prompt_id"])
+        assert prompt.display_text == out["content"] and prompt.prompt_set_id == ps["id"]
+        assert db.scalar(select(func.count(ConversationNode.id)).where(ConversationNode.parent_id.is_(None))) == 2
+        audit = db.scalars(select(AuditLog).where(AuditLog.action == "prompts.import").order_by(AuditLog.id)).all()
+        assert audit[-1].actor_id == labeler.id
+
+    # the sampler's replies hang under it, and another labeler ranks them in its context
+    ids = sample_replies(database, out["prompt_id"], ["Use water at 80 °C.", "Boil it hard."])
+    ranker = make_account("labeler", "ranker")
+    r = client.post("/api/v1/tasks/next", json={"prompt_set_id": ps["id"], "kind": "rank"}, headers=ranker.headers)
+    assert r.status_code == 200, r.text  # the imported seed has no replies yet: this is the written one
+    mine = r.json()
+    assert mine["prompt_id"] == out["prompt_id"]
+    assert {c["id"] for c in mine["completions"]} == set(ids)
+    assert mine["messages"] == [{"role": "user", "content": out["content"]}]
+    assert mine["conversation"]["tree_id"] == out["tree_id"]
+
+    # admins may start conversations too
+    r = _seed(client, admin, ps["id"], "Which teas have the least caffeine?")
+    assert r.status_code == 201 and r.json()["author_id"] == admin.id
+
+
+def test_the_same_seed_again_is_answered_with_the_stored_one(client, database, admin, labeler, make_account) -> None:
+    ps = _set(client, database, admin)
+    first = _seed(client, labeler, ps["id"], "Plan a week in Japan.")
+    assert first.status_code == 201
+    again = _seed(client, labeler, ps["id"], "Plan a week in Japan.\n")
+    assert again.status_code == 200, again.text
+    assert {k: v for k, v in again.json().items() if k != "created"} == {
+        k: v for k, v in first.json().items() if k != "created"
+    }
+    assert again.json()["created"] is False
+    # someone else's seed, or an imported one, with the same text: 409, nothing added
+    other = make_account("labeler", "bob")
+    r = _seed(client, other, ps["id"], "Plan a week in Japan.")
+    assert r.status_code == 409 and "already" in r.json()["detail"]
+    r = _seed(client, labeler, ps["id"], "Tell me about tea.")  # create_conversation_set imported it
+    assert r.status_code == 409 and "already" in r.json()["detail"]
+    with database.session() as db:
+        assert db.scalar(select(func.count(ConversationNode.id))) == 2
+        assert db.scalar(select(func.count(Prompt.id))) == 2
+
+
+def test_bad_seeds_are_refused_with_a_clear_4xx(client, database, admin, labeler) -> None:
+    ps = _set(client, database, admin, max_context_chars=200)
+    set_id = ps["id"]
+    for text in ("", "   \n\t "):
+        r = _seed(client, labeler, set_id, text)
+        assert r.status_code == 422 and "empty" in r.json()["detail"], r.text
+    r = _seed(client, labeler, set_id, "tea\x00time")
+    assert r.status_code == 422 and "NUL" in r.json()["detail"]
+    r = _seed(client, labeler, set_id, "x" * 201)
+    assert r.status_code == 422 and "at most 200" in r.json()["detail"]
+    assert _seed(client, labeler, set_id, "x" * 200).status_code == 201
+    r = client.post(f"/api/v1/prompt-sets/{set_id}/seeds", json={"text": "hi", "role": "system"}, headers=labeler.headers)
+    assert r.status_code == 422
+    r = client.post(f"/api/v1/prompt-sets/{set_id}/seeds", json={}, headers=labeler.headers)
+    assert r.status_code == 422
+
+    plain = client.post("/api/v1/prompt-sets", json={"name": "plain"}, headers=admin.headers).json()
+    r = _seed(client, labeler, plain["id"], "Hello there")
+    assert r.status_code == 422 and "not a conversation set" in r.json()["detail"]
+    assert _seed(client, labeler, 99999, "Hello there").status_code == 404
+
+    for status in ("paused", "archived"):
+        r = client.patch(f"/api/v1/prompt-sets/{set_id}", json={"status": status}, headers=admin.headers)
+        assert r.status_code == 200, r.text
+        r = _seed(client, labeler, set_id, "Hello there")
+        assert r.status_code == 409 and status in r.json()["detail"]
+
+    with database.session() as db:  # only the 200-character seed (and the imported one) went in
+        assert db.scalar(select(func.count(ConversationNode.id))) == 2
+
+
+def test_seeds_need_a_login_and_a_csrf_token_in_a_browser_session(client, database, admin, labeler) -> None:
+    from tests.conftest import login
+
+    ps = _set(client, database, admin)
+    r = client.post(f"/api/v1/prompt-sets/{ps['id']}/seeds", json={"text": "Hi"})
+    assert r.status_code == 401
+    r = client.post(f"/api/v1/prompt-sets/{ps['id']}/seeds", json={"text": "Hi"}, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+    csrf = login(client, labeler.username)
+    r = client.post(f"/api/v1/prompt-sets/{ps['id']}/seeds", json={"text": "Hi"})
+    assert r.status_code == 403
+    r = client.post(f"/api/v1/prompt-sets/{ps['id']}/seeds", json={"text": "Hi"}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 201 and r.json()["author_id"] == labeler.id
