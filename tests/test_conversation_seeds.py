@@ -122,3 +122,46 @@ def test_seeds_need_a_login_and_a_csrf_token_in_a_browser_session(client, databa
     assert r.status_code == 403
     r = client.post(f"/api/v1/prompt-sets/{ps['id']}/seeds", json={"text": "Hi"}, headers={"X-CSRF-Token": csrf})
     assert r.status_code == 201 and r.json()["author_id"] == labeler.id
+
+
+def test_the_start_page_writes_a_seed_by_form_post(client, database, admin, labeler) -> None:
+    from tests.conftest import login
+
+    ps = _set(client, database, admin, max_context_chars=200)
+    url = f"/label/{ps['id']}/start"
+    r = client.get(url, follow_redirects=False)
+    assert r.status_code in (302, 303, 307) and "/login" in r.headers["location"]
+    csrf = login(client, labeler.username)
+    home = client.get("/label").text
+    assert f'href="{url}"' in home
+    page = client.get(url)
+    assert page.status_code == 200 and 'id="seed-form"' in page.text and f'value="{csrf}"' in page.text
+    assert f'href="{url}"' in client.get(f"/label/{ps['id']}/continue").text
+
+    assert client.post(url, data={"text": "Hello", "csrf_token": "wrong"}).status_code == 403
+    r = client.post(url, data={"text": "   ", "csrf_token": csrf})
+    assert r.status_code == 422 and "empty" in r.text and 'id="seed-form"' in r.text
+    r = client.post(url, data={"text": "y" * 201, "csrf_token": csrf})
+    assert r.status_code == 422 and "at most 200" in r.text and "y" * 201 in r.text  # the text is kept
+    r = client.post(url, data={"text": "What <b>is</b> a good first bike?", "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    with database.session() as db:
+        node = db.scalar(select(ConversationNode).where(ConversationNode.content == "What <b>is</b> a good first bike?"))
+        assert node is not None and node.author_id == labeler.id and node.parent_id is None
+    assert r.headers["location"] == f"{url}?started={node.id}"
+    done = client.get(r.headers["location"])
+    assert 'id="seed-started"' in done.text and "The model will answer it shortly" in done.text
+    assert "What &lt;b&gt;is&lt;/b&gt; a good first bike?" in done.text
+    # the same post again (a reload) lands on the same seed
+    r = client.post(url, data={"text": "What <b>is</b> a good first bike?", "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"{url}?started={node.id}"
+    # someone else's seed id shows no confirmation
+    assert 'id="seed-started"' not in client.get(f"{url}?started=999999").text
+
+    plain = client.post("/api/v1/prompt-sets", json={"name": "plain"}, headers=admin.headers).json()
+    assert client.get(f"/label/{plain['id']}/start").status_code == 422
+    client.patch(f"/api/v1/prompt-sets/{ps['id']}", json={"status": "paused"}, headers=admin.headers)
+    paused = client.get(url)
+    assert 'id="set-inactive"' in paused.text and 'id="seed-form"' not in paused.text
+    r = client.post(url, data={"text": "Another one", "csrf_token": csrf})
+    assert r.status_code == 409 and "paused" in r.text

@@ -103,3 +103,11 @@ def _seed_of(db: Session, prompt_set_id: int, digest: str) -> tuple[Prompt, Conv
             raise Conflict("this text is already a prompt of the set")
         return None
     return row[0], row[1]
+
+
+def own_seed(db: Session, prompt_set_id: int, node_id: int, user: User) -> ConversationNode | None:
+    """A seed of this set that ``user`` wrote (the start page's confirmation), or None."""
+    node = db.get(ConversationNode, node_id)
+    if node is None or node.prompt_set_id != prompt_set_id or node.parent_id is not None or node.author_id != user.id:
+        return None
+    return node
