@@ -165,3 +165,54 @@ def test_the_start_page_writes_a_seed_by_form_post(client, database, admin, labe
     assert 'id="set-inactive"' in paused.text and 'id="seed-form"' not in paused.text
     r = client.post(url, data={"text": "Another one", "csrf_token": csrf})
     assert r.status_code == 409 and "paused" in r.text
+
+
+def test_seeds_sent_at_once_never_make_duplicates(database, settings) -> None:
+    """Four requests at the same moment: the same labeler twice with one text (a double click:
+    one 201, one 200 with the same seed), and two other labelers with another text (one gets
+    it, the other a 409). One tree per text, on SQLite and PostgreSQL."""
+    import threading
+
+    from app.db import transact
+    from app.models import User
+    from app.services import prompt_sets, seeds
+    from app.services.errors import Conflict
+    from app.services.users import create_user
+
+    deploy_chat_policy(database, settings.resolved_artifacts_dir)
+    with database.session() as db:
+        ps = prompt_sets.create_prompt_set(
+            db, None, name="race", k=2, kind="conversation", artifacts_dir=settings.resolved_artifacts_dir
+        )
+        ids = [create_user(db, f"racer{i}", "pw-123456789", "labeler").id for i in range(3)]
+        db.commit()
+        set_id = ps.id
+    calls = [(ids[0], "Same words"), (ids[0], "Same words"), (ids[1], "Other words"), (ids[2], "Other words")]
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        user_id, text = calls[i]
+        with database.sessionmaker() as db:
+            user = db.get(User, user_id)
+            db.commit()
+            barrier.wait()
+            try:
+                seed = transact(db, lambda: seeds.write_seed(db, set_id, user, text=text, validation_fraction=0))
+                results[i] = (seed.node.id, seed.created)
+            except Conflict as exc:
+                results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    same = [results[0], results[1]]
+    assert all(isinstance(r, tuple) for r in same), same
+    assert same[0][0] == same[1][0] and sorted(r[1] for r in same) == [False, True]  # type: ignore[index]
+    other = [results[2], results[3]]
+    assert sum(isinstance(r, Conflict) for r in other) == 1 and sum(isinstance(r, tuple) for r in other) == 1, other
+    with database.session() as db:
+        roots = db.scalars(select(ConversationNode.content).where(ConversationNode.prompt_set_id == set_id)).all()
+        assert sorted(roots) == ["Other words", "Same words"]
