@@ -74,7 +74,9 @@ def write_seed(db: Session, prompt_set_id: int, user: User, *, text: str, valida
     if found is None:
         try:
             rows = imports.parse_items([{"prompt": body}])
-            imports.import_rows(db, ps, rows, validation_fraction=validation_fraction, actor=user, source="labeler seed")
+            imports.import_rows(
+                db, ps, rows, validation_fraction=validation_fraction, actor=user, source="labeler seed"
+            )
         except imports.ImportFailed as exc:
             raise Invalid(exc.errors[0].message) from exc
         except Conflict as exc:

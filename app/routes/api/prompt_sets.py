@@ -195,7 +195,9 @@ def seed_out(seed: seeds.WrittenSeed) -> SeedOut:
     status_code=201,
     responses={200: {"description": "this labeler had written the same seed in the set before", "model": SeedOut}},
 )
-def write_seed(prompt_set_id: int, body: SeedIn, request: Request, response: Response, db: DB, principal: ApiUser) -> SeedOut:
+def write_seed(
+    prompt_set_id: int, body: SeedIn, request: Request, response: Response, db: DB, principal: ApiUser
+) -> SeedOut:
     """Start a conversation (conversation sets, any labeler): ``text`` becomes the opening
     user message of a new tree, as an imported seed would, written by the caller. The
     sampler answers it with K replies within its next batches. The same text again from
