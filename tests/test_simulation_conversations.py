@@ -23,6 +23,8 @@ from app.main import create_app
 from app.models import ConversationNode, Demonstration, Prompt, Ranking, Task
 from app.simulation.conversations import FOLLOW_UPS, follow_up, preference_prompt
 from app.simulation.loop import Simulation, SimulationConfig
+from app.models.base import utcnow
+from tests.conversation_helpers import check_tree
 from tests.live_server import serve_in_thread
 from tests.round_helpers import bootstrap_v0, fast_settings
 from trainer.worker import TrainerWorker
@@ -133,6 +135,7 @@ def test_a_pass_ranks_in_context_continues_and_ranks_the_second_turn(
         assert 1 <= len(demos) <= cfg.demonstrations
         written = [n for n in nodes if n.demonstration_id is not None]
         assert len(written) == len(demos)
+        check_tree(db, set_id, branching=1, now=utcnow())  # the tree's invariants hold
         # nothing was left behind: no open rank tasks, no reply at turn 1 left uncontinued
         assert not [t for t in db.scalars(select(Task).where(Task.prompt_set_id == set_id)) if t.status == "leased"]
 
