@@ -161,7 +161,7 @@ def seed(url: str, labelers: int, prompts: int, k: int, overlap: int) -> tuple[i
             plaintext = f"rlhf_load_{uuid.uuid4().hex}"
             s.add(ApiToken(user_id=user.id, name="load", token_hash=digest(plaintext), prefix=plaintext[:12]))
             tokens.append(plaintext)
-        set_id = ps_id
+        set_id = ps.id
     db.dispose()
     return set_id, tokens
 
