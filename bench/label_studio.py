@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.cookiejar
 import json
 import os
 import random
@@ -278,7 +279,8 @@ def start_ls(venv: Path, pkg: Path, env: dict[str, str], port: int, processes: i
 def make_project(base_url: str, admin_token: str, tasks: int, k: int, overlap: int, seed: int) -> int:
     """A Ranker project with ``tasks`` tasks of K items each, made and filled over the API."""
     headers = {"Authorization": f"Token {admin_token}"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=600) as c:
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)  # uwsgi's router closes every connection
+    with httpx.Client(base_url=base_url, headers=headers, timeout=600, limits=no_keepalive) as c:
         r = c.post("/api/projects/", json={
             "title": f"ranker bench {seed}", "label_config": LABEL_CONFIG,
             "maximum_annotations": overlap, "overlap_cohort_percentage": 100,
@@ -356,10 +358,15 @@ async def ls_labeler(client: httpx.AsyncClient, project: int, budget: dict[str, 
 async def drive_ls(base_url: str, project: int, tokens: list[str], max_requests: int,
                    max_seconds: float) -> LevelResult:
     result = LevelResult(labelers=len(tokens), seconds=0.0)
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)  # as bench/load.py's drive
+    # One connection at a time per labeler, as bench/load.py's drive, but none kept alive: uwsgi's
+    # http router closes each connection after the response without saying so (no
+    # `Connection: close`), and nginx in front of it in the image speaks HTTP/1.0 to it.
+    # Cookies are refused: every request authenticates with its token only.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=0)
+    no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     clients = [
         httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Token {t}"}, limits=limits, timeout=60,
-                          verify=False)
+                          verify=False, cookies=no_cookies)
         for t in tokens
     ]
     budget = {"requests": float(max_requests), "deadline": time.monotonic() + max_seconds}
@@ -418,6 +425,8 @@ class Run:
     db_sessions: int
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
+    lock_bugs: int = 0  # Label Studio's own "Num takes=... > overlap=... - it's a bug" log lines
+    log_errors: int = 0  # [ERROR] lines in Label Studio's log during the level
 
     @property
     def cycles(self) -> int:
@@ -485,9 +494,15 @@ def sitting(args: argparse.Namespace, levels: list[int]) -> tuple[list[Run], dic
                       flush=True)
                 with psycopg.connect(_libpq(ls_url), autocommit=True) as conn:
                     conn.execute("VACUUM ANALYZE")
+                log_at = Path(ls_proc.log_path).stat().st_size  # type: ignore[attr-defined]
                 run = measured("Label Studio", lambda: _descendants(ls_proc.pid), ls_url, lambda: asyncio.run(
                     drive_ls(ls_base, project, creds["labelers"][:n], args.max_requests, args.max_seconds)))
                 run.level.checks = verify_ls(ls_url, project, args.overlap, run.level)
+                with open(ls_proc.log_path, "rb") as log:  # type: ignore[attr-defined]
+                    log.seek(log_at)
+                    text = log.read().decode(errors="replace")
+                run.lock_bugs = text.count("it's a bug")
+                run.log_errors = sum(1 for line in text.splitlines() if "[ERROR]" in line)
                 return run
 
             def rlhf_level(n: int = n) -> Run:
@@ -506,7 +521,9 @@ def sitting(args: argparse.Namespace, levels: list[int]) -> tuple[list[Run], dic
                       f"{run.rate:.1f}/s; server CPU {1000 * run.server_cpu_s / max(1, run.cycles):.1f} ms/cycle, "
                       f"PostgreSQL active {1000 * run.db_active_s / max(1, run.cycles):.1f} ms/cycle; "
                       f"statuses {statuses}; load {run.load_before[0]:.1f} -> {run.load_after[0]:.1f}; "
-                      f"checks {run.level.checks}", flush=True)
+                      f"checks {run.level.checks}"
+                      + (f"; log errors {run.log_errors} ({run.lock_bugs} lock)" if run.server == "Label Studio"
+                         else ""), flush=True)
                 if run.level.details:
                     print(f"    answers: {dict(run.level.details.most_common(5))}", flush=True)
     finally:
@@ -551,6 +568,7 @@ def report(args: argparse.Namespace, runs: list[Run], facts: dict[str, str], lev
             ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())), str(r.level.resent),
             str(c["over_assigned_prompts"]), str(c["labeler_prompt_twice"]), str(c["acked_missing"]),
             "ok" if not bad else str(bad),
+            f"{r.log_errors} ({r.lock_bugs} lock)" if r.server == "Label Studio" else "-",
             " / ".join(f"{x:.1f}" for x in r.load_before) + " -> " + " / ".join(f"{x:.1f}" for x in r.load_after),
         ])
     errors = [
@@ -561,7 +579,8 @@ def report(args: argparse.Namespace, runs: list[Run], facts: dict[str, str], lev
     command = ("python bench/label_studio.py"
                + (f" --levels {args.levels}" if args.levels != "10,50,200" else "")
                + (f" --max-seconds {args.max_seconds:g}" if args.max_seconds != 20 else "")
-               + (f" --max-requests {args.max_requests}" if args.max_requests != 2000 else ""))
+               + (f" --max-requests {args.max_requests}" if args.max_requests != 2000 else "")
+               + (f" --tasks {args.tasks}" if args.tasks != 2000 else ""))
     parts = [
         f"Measured {machine_line()}, in one sitting; Label Studio {facts['ls_version']} (its own venv, "
         f"uwsgi with its image's deploy/uwsgi.ini, `processes = {args.workers}`, no nginx) against rlhf-studio "
@@ -586,9 +605,12 @@ def report(args: argparse.Namespace, runs: list[Run], facts: dict[str, str], lev
                         "ran first"], rows),
         markdown_table(["server", "labelers", "endpoint", "n", "p50 ms", "p95 ms", "p99 ms"], lat),
         "Statuses (599 = connection error seen by the client) and the database checks afterwards (tasks over "
-        "the overlap, a labeler twice on one task, acknowledged submissions not stored):",
+        "the overlap, a labeler twice on one task, acknowledged submissions not stored; LS log errors = "
+        "`[ERROR]` lines in Label Studio's log during the level, of them `lock` = its own `Num takes=N > "
+        "overlap=2 for task=T, skipped mode REQUEUE_FOR_OTHERS - it's a bug` from its task locks):",
         markdown_table(["server", "labelers", "cycles", "seconds", "requests", "statuses", "re-sent",
-                        "over overlap", "labeler twice", "acked missing", "checks", "load before -> after"],
+                        "over overlap", "labeler twice", "acked missing", "checks", "LS log errors",
+                        "load before -> after"],
                        checks),
     ]
     if errors:
