@@ -31,9 +31,11 @@ overlap of rlhf-studio's set) and 2,000 tasks imported over the API (`POST
 and, in the same sitting, alternating which goes first per level, rlhf-studio runs
 bench/load.py's loop (`drive`: POST /tasks/next, POST /tasks/{id}/ranking) on a set of
 2,000 prompts with K=4 and overlap 2 (`seed_scale`, `reset_work` between levels,
-`verify`). Both clients are httpx AsyncClients with one connection each (bench/load.py's
-limits); uwsgi's http router closes the connection after each response, so Label Studio's
-clients connect once per request. Both runs are bounded by --max-requests and
+`verify`). Both clients are httpx AsyncClients with one connection at a time per labeler
+(bench/load.py's limits). rlhf-studio's keep theirs alive; uwsgi's http router closes the
+connection after each response without a `Connection: close` (and nginx in front of it in
+the image speaks HTTP/1.0 to it), so Label Studio's clients open one per request and keep
+no cookies (token auth on every request). Both runs are bounded by --max-requests and
 --max-seconds per level. Transport errors and 5xx answers from Label Studio are retried
 with the same payload after a back-off (rlhf-studio's loop retries 503s the same way);
 every status is counted.
