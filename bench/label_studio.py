@@ -450,7 +450,9 @@ def measured(server: str, pids_of, db_url: str, go) -> Run:
     cpu0 = cpu_seconds(pids)
     sessions0, active0 = db_counters(db_url)
     res = go()
-    cpu1 = cpu_seconds(pids_of() if server == "Label Studio" else pids)  # uwsgi may have respawned a worker
+    cpu1 = cpu_seconds(pids)
+    if sorted(pids_of()) != sorted(pids):  # e.g. uwsgi recycled a worker: its CPU time is lost
+        print(f"warning: {server}'s processes changed during the level; its CPU figure is low", flush=True)
     time.sleep(1.0)  # the backends' statistics reach pg_stat_database within a second
     sessions1, active1 = db_counters(db_url)
     return Run(server, res, cpu1 - cpu0, (active1 - active0) / 1000, sessions1 - sessions0 - 1, load0,
@@ -571,6 +573,7 @@ def report(args: argparse.Namespace, runs: list[Run], facts: dict[str, str], lev
             str(c["over_assigned_prompts"]), str(c["labeler_prompt_twice"]), str(c["acked_missing"]),
             "ok" if not bad else str(bad),
             f"{r.log_errors} ({r.lock_bugs} lock)" if r.server == "Label Studio" else "-",
+            str(r.db_sessions),
             " / ".join(f"{x:.1f}" for x in r.load_before) + " -> " + " / ".join(f"{x:.1f}" for x in r.load_after),
         ])
     errors = [
@@ -609,10 +612,11 @@ def report(args: argparse.Namespace, runs: list[Run], facts: dict[str, str], lev
         "Statuses (599 = connection error seen by the client) and the database checks afterwards (tasks over "
         "the overlap, a labeler twice on one task, acknowledged submissions not stored; LS log errors = "
         "`[ERROR]` lines in Label Studio's log during the level, of them `lock` = its own `Num takes=N > "
-        "overlap=2 for task=T, skipped mode REQUEUE_FOR_OTHERS - it's a bug` from its task locks):",
+        "overlap=2 for task=T, skipped mode REQUEUE_FOR_OTHERS - it's a bug` from its task locks; db connections "
+        "= PostgreSQL sessions the server opened during the level):",
         markdown_table(["server", "labelers", "cycles", "seconds", "requests", "statuses", "re-sent",
                         "over overlap", "labeler twice", "acked missing", "checks", "LS log errors",
-                        "load before -> after"],
+                        "db connections", "load before -> after"],
                        checks),
     ]
     if errors:
