@@ -430,6 +430,7 @@ class Run:
     load_after: tuple[float, float, float]
     lock_bugs: int = 0  # Label Studio's own "Num takes=... > overlap=... - it's a bug" log lines
     log_errors: int = 0  # [ERROR] lines in Label Studio's log during the level
+    queue_full: int = 0  # uwsgi's "listen queue of socket ... full" warnings (at most one a second)
 
     @property
     def cycles(self) -> int:
@@ -519,6 +520,7 @@ def sitting(args: argparse.Namespace, levels: list[int]) -> tuple[list[Run], dic
                     text = log.read().decode(errors="replace")
                 run.lock_bugs = text.count("it's a bug")
                 run.log_errors = sum(1 for line in text.splitlines() if "[ERROR]" in line)
+                run.queue_full = text.count("listen queue of socket")
                 return run
 
             def rlhf_level(n: int = n) -> Run:
@@ -538,8 +540,8 @@ def sitting(args: argparse.Namespace, levels: list[int]) -> tuple[list[Run], dic
                       f"PostgreSQL active {1000 * run.db_active_s / max(1, run.cycles):.1f} ms/cycle; "
                       f"statuses {statuses}; load {run.load_before[0]:.1f} -> {run.load_after[0]:.1f}; "
                       f"checks {run.level.checks}"
-                      + (f"; log errors {run.log_errors} ({run.lock_bugs} lock)" if run.server == "Label Studio"
-                         else ""), flush=True)
+                      + (f"; log errors {run.log_errors} ({run.lock_bugs} lock), uwsgi queue full in "
+                         f"{run.queue_full} s" if run.server == "Label Studio" else ""), flush=True)
                 if run.level.details:
                     print(f"    answers: {dict(run.level.details.most_common(5))}", flush=True)
     finally:
@@ -588,6 +590,7 @@ def report(args: argparse.Namespace, runs: list[Run], facts: dict[str, str], lev
             str(c["over_assigned_prompts"]), str(c["labeler_prompt_twice"]), str(c["acked_missing"]),
             "ok" if not bad else str(bad),
             f"{r.log_errors} ({r.lock_bugs} lock)" if r.server == "Label Studio" else "-",
+            str(r.queue_full) if r.server == "Label Studio" else "-",
             str(r.db_sessions),
             " / ".join(f"{x:.1f}" for x in r.load_before) + " -> " + " / ".join(f"{x:.1f}" for x in r.load_after),
         ])
@@ -631,11 +634,14 @@ def report(args: argparse.Namespace, runs: list[Run], facts: dict[str, str], lev
         "Statuses (599 = connection error seen by the client) and the database checks afterwards (tasks over "
         "the overlap, a labeler twice on one task, acknowledged submissions not stored; LS log errors = "
         "`[ERROR]` lines in Label Studio's log during the level, of them `lock` = its own `Num takes=N > "
-        "overlap=2 for task=T, skipped mode REQUEUE_FOR_OTHERS - it's a bug` from its task locks; db connections "
+        "overlap=2 for task=T, skipped mode REQUEUE_FOR_OTHERS - it's a bug` from its task locks; uwsgi queue "
+        "full = seconds in which uwsgi logged `listen queue of socket ... full` (the image's uwsgi.ini leaves "
+        "`listen` at uwsgi's default of 100 connections; the http router drops a request it cannot queue, "
+        "which the client sees as a connection closed without an answer, 599); db connections "
         "= PostgreSQL sessions the server opened during the level):",
         markdown_table(["server", "labelers", "cycles", "seconds", "requests", "statuses", "re-sent",
                         "over overlap", "labeler twice", "acked missing", "checks", "LS log errors",
-                        "db connections", "load before -> after"],
+                        "uwsgi queue full", "db connections", "load before -> after"],
                        checks),
     ]
     if errors:
