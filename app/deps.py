@@ -53,9 +53,10 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
 
     Async so that FastAPI runs it in the event loop instead of two trips through the
     thread pool (its setup and its teardown); each trip cost more CPU than the session
-    itself (docs/benchmarks.md, "Labeling at scale"). Neither blocks: a new session holds
-    no connection yet, and closing one whose transaction the route committed hands the
-    connection back without a round trip (psycopg skips the rollback of an idle one).
+    itself (docs/benchmarks.md, "Labeling at scale"). Neither waits long: a new session
+    holds no connection yet; closing one whose transaction the route committed hands the
+    connection back without a round trip (psycopg skips the rollback of an idle one), and
+    a read-only route's open transaction costs one ROLLBACK.
     """
     session = request.app.state.db.sessionmaker()
     try:

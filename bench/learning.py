@@ -25,6 +25,13 @@ docs/learning.csv and docs/learning.png.
     python bench/learning.py --scenarios concise,key_term --parallel 2 --threads 1
     python bench/learning.py --full                # adds labeler noise and DPO (for a GPU)
     python bench/learning.py --evaluate --scenarios concise   # the blind evaluation of a finished scenario
+    python bench/learning.py --scenarios conversation --rounds 2 --no-evaluate --out /tmp/conv/learning.md
+
+The ``conversation`` scenario runs on a conversation set (max_turns 2, branching 1): the
+simulated labelers rank, continue and demonstrate (app/simulation/conversations.py), and its
+figures are the preference's score of each policy's replies to the *second-turn* validation
+contexts that existed after round 0's labeling pass (frozen there, so every policy version is
+measured on the same contexts), with the seeds' (first-turn) replies beside them.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.simulation.conversations import preference_prompt  # noqa: E402
 from app.simulation.loop import Simulation, SimulationConfig  # noqa: E402
 from bench.report import replace_marked  # noqa: E402
 from app.simulation.preferences import load_preference  # noqa: E402
@@ -62,6 +70,9 @@ class Scenario:
     preference: str
     flip_prob: float = 0.0
     stages: tuple[str, ...] | None = None  # None: the default sft, rm, ppo
+    kind: str = "prompts"  # or "conversation": a conversation set, measured on its second turns
+    max_turns: int = 2
+    branching: int = 1
 
     @property
     def config(self) -> dict[str, Any]:
@@ -75,9 +86,10 @@ SCENARIOS = {
     "concise_dpo": Scenario("concise_dpo", "concise", stages=("sft", "dpo")),
     "key_term_dpo": Scenario("key_term_dpo", "key_term", stages=("sft", "dpo")),
     "key_term_noise": Scenario("key_term_noise", "key_term", flip_prob=0.2),
+    "conversation": Scenario("conversation", "concise", kind="conversation"),
 }
 DEFAULT = ["concise", "key_term", "concise_noise", "concise_dpo"]
-FULL = list(SCENARIOS)
+FULL = [n for n, sc in SCENARIOS.items() if sc.kind == "prompts"]
 
 
 @dataclass
@@ -192,6 +204,8 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, v0: Path, log) -> list[
         headers = {"Authorization": f"Bearer {token}"}
         body = {"name": "bench", "k": 4, "overlap": 1, "demonstration_share": args.demonstration_share,
                 "sampling": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": args.max_new_tokens}}
+        if sc.kind == "conversation":
+            body |= {"kind": "conversation", "conversation": {"max_turns": sc.max_turns, "branching": sc.branching}}
         set_id = httpx.post(f"{url}/api/v1/prompt-sets", json=body, headers=headers, timeout=30).raise_for_status().json()["id"]
         httpx.post(f"{url}/api/v1/prompt-sets/{set_id}/prompts", json={"prompts": _prompts(args.prompts, args.validation)},
                    headers=headers, timeout=60).raise_for_status()
@@ -208,10 +222,25 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, v0: Path, log) -> list[
                 return sim.admin.post("/training/rounds", body).json()["run_id"]
 
             sim.admin.start_round = with_stages  # type: ignore[method-assign]
+        frozen: set[int] = set()
+        if sc.kind == "conversation":
+            first_pass = sim.label_pass
+
+            def label_pass(round_no: int, policy_id: int) -> tuple[int, int]:
+                out = first_pass(round_no, policy_id)
+                if round_no == 0:  # the second-turn validation contexts every policy is measured on
+                    frozen.update(frozen_contexts(sim.contexts, set(sim._validation(policy_id)), turn=2))
+                    log(f"[{sc.name}] {len(frozen)} second-turn validation contexts frozen: {sorted(frozen)}")
+                return out
+
+            sim.label_pass = label_pass  # type: ignore[method-assign]
         try:
             rows = sim.run()
         finally:
-            figures = _figures(sc, sim, sim.rows)
+            if sc.kind == "conversation":
+                figures = conversation_figures(sc, sim.rows, sim._validation, sim.runs, sim.contexts, frozen)
+            else:
+                figures = _figures(sc, sim, sim.rows)
             sim.close()
         del rows
         log(f"[{sc.name}] done in {(time.monotonic() - started) / 60:.1f} min")
@@ -282,6 +311,28 @@ def evaluate_scenario(sc: Scenario, args: argparse.Namespace, log) -> Evaluation
     )
 
 
+def frozen_contexts(contexts: dict[int, Any], validation: set[int], turn: int = 2) -> set[int]:
+    """The validation contexts of user turn ``turn`` among ``contexts`` (prompt id -> .turn)."""
+    return {pid for pid, c in contexts.items() if c.turn == turn and pid in validation}
+
+
+def conversation_figures(
+    sc: Scenario, rows: list[Any], samples_of: Any, runs: list[dict[str, Any]], contexts: dict[int, Any],
+    frozen: set[int],
+) -> list[RoundFigures]:
+    """A conversation scenario's figures: on the frozen second-turn validation contexts
+    (scenario "<name> turn 2"), then on the seeds' validation replies ("<name> turn 1")."""
+    from dataclasses import replace
+
+    seeds = {pid for pid, c in contexts.items() if c.turn == 1}
+
+    def only(ids: set[int]) -> Any:
+        return lambda pid: {k: v for k, v in samples_of(pid).items() if k in ids}
+
+    return (compute_figures(replace(sc, name=f"{sc.name} turn 2"), rows, only(frozen), runs)
+            + compute_figures(replace(sc, name=f"{sc.name} turn 1"), rows, only(seeds), runs))
+
+
 def _figures(sc: Scenario, sim: Simulation, rows: list[Any]) -> list[RoundFigures]:
     return compute_figures(sc, rows, sim._validation, sim.runs)
 
@@ -330,10 +381,16 @@ def figures_from_work(sc: Scenario, work: Path) -> list[RoundFigures]:
     from sqlalchemy import select
 
     from app.db import Database
-    from app.models import Completion, Policy, Prompt, TrainingRun
+    from app.models import Completion, ConversationNode, Policy, Prompt, TrainingRun
 
     database = Database(f"sqlite:///{work / 'data' / 'rlhf.db'}")
     with database.session() as db:
+        first_run = db.scalar(select(TrainingRun).order_by(TrainingRun.id).limit(1))
+        contexts: dict[int, Any] = {}
+        for node in db.scalars(select(ConversationNode).where(ConversationNode.role == "user")):
+            # frozen after round 0's pass: the contexts written before the first round started
+            if node.turn == 1 or first_run is None or node.created_at <= first_run.created_at:
+                contexts[node.prompt_id] = SimpleNamespace(turn=node.turn)
         finished = [r for r in db.scalars(select(TrainingRun).order_by(TrainingRun.id)) if r.finished_at]
         runs = [{"metrics": r.metrics or {}, "policy_id": r.policy_id, "started_at": r.started_at.isoformat(),
                  "finished_at": r.finished_at.isoformat()} for r in finished]
@@ -350,13 +407,20 @@ def figures_from_work(sc: Scenario, work: Path) -> list[RoundFigures]:
                                 kl_from_v0=(p.metrics or {}).get("kl_from_v0", 0.0 if p.version == 0 else None))
                 for p in chain]
         samples: dict[int, dict[int, list[dict[str, str]]]] = {}
-        for pid, prompt_id, prompt, text in db.execute(
-            select(Completion.policy_id, Completion.prompt_id, Prompt.text, Completion.text)
+        for pid, prompt_id, prompt, messages, text in db.execute(
+            select(Completion.policy_id, Completion.prompt_id, Prompt.text, Prompt.messages, Completion.text)
             .join(Prompt, Prompt.id == Completion.prompt_id).where(Prompt.split == "validation")
         ):
+            if messages:  # a chat context: the preference sees its user turns (app/simulation/conversations.py)
+                prompt = preference_prompt({"prompt": prompt or "", "messages": messages})
             samples.setdefault(pid, {}).setdefault(prompt_id, []).append({"prompt": prompt or "", "text": text})
     database.dispose()
-    return compute_figures(sc, rows, lambda pid: samples.get(pid, {}), runs[: max(0, len(rows))])
+    samples_of = lambda pid: samples.get(pid, {})  # noqa: E731
+    if sc.kind == "conversation":
+        validation = {k for by_prompt in samples.values() for k in by_prompt}
+        frozen = frozen_contexts(contexts, validation, turn=2)
+        return conversation_figures(sc, rows, samples_of, runs[: max(0, len(rows))], contexts, frozen)
+    return compute_figures(sc, rows, samples_of, runs[: max(0, len(rows))])
 
 
 def _row_figures(sc, i, row, mean, se, n, win, low, high, run) -> RoundFigures:  # type: ignore[no-untyped-def]

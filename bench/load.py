@@ -161,7 +161,7 @@ def seed(url: str, labelers: int, prompts: int, k: int, overlap: int) -> tuple[i
             plaintext = f"rlhf_load_{uuid.uuid4().hex}"
             s.add(ApiToken(user_id=user.id, name="load", token_hash=digest(plaintext), prefix=plaintext[:12]))
             tokens.append(plaintext)
-        set_id = ps.id
+        set_id = ps_id
     db.dispose()
     return set_id, tokens
 
@@ -635,21 +635,22 @@ def seed_scale(url: str, labelers: int, prompts: int, k: int, overlap: int) -> t
     password_hash = hash_password(uuid.uuid4().hex)
     now = utcnow()
     with db.session() as s:
-        ps = PromptSet(name="scale", k=k, overlap=overlap)
-        s.add(ps)
-        policy = Policy(version=0, artifact_path="policies/v0", deployed=True)
-        s.add(policy)
-        s.flush()
+        # The set and the policy as Core inserts of the columns named (the others take their
+        # defaults): with --compare, an older checkout's schema may lack newer columns.
+        ps_id = s.scalar(insert(PromptSet).values(name="scale", k=k, overlap=overlap).returning(PromptSet.id))
+        policy_id = s.scalar(
+            insert(Policy).values(version=0, artifact_path="policies/v0", deployed=True).returning(Policy.id)
+        )
         for start in range(0, prompts, 5000):
             s.execute(insert(Prompt), [
-                {"prompt_set_id": ps.id, "text": f"Scale prompt {i}", "split": "train", "content_hash": digest(f"p{i}"),
+                {"prompt_set_id": ps_id, "text": f"Scale prompt {i}", "split": "train", "content_hash": digest(f"p{i}"),
                  "meta": {}, "wants_demonstration": False, "is_gold": False, "created_at": now}
                 for i in range(start, min(prompts, start + 5000))
             ])
-        ids = list(s.scalars(select(Prompt.id).where(Prompt.prompt_set_id == ps.id).order_by(Prompt.id)))
+        ids = list(s.scalars(select(Prompt.id).where(Prompt.prompt_set_id == ps_id).order_by(Prompt.id)))
         for start in range(0, len(ids), 2500):
             s.execute(insert(Completion), [
-                {"prompt_id": pid, "policy_id": policy.id, "text": f"answer {j} to {pid}", "seed": j, "params": {},
+                {"prompt_id": pid, "policy_id": policy_id, "text": f"answer {j} to {pid}", "seed": j, "params": {},
                  "token_count": 4, "finish_reason": "eos", "gen_time_s": 0.0, "status": "ready", "created_at": now}
                 for pid in ids[start : start + 2500] for j in range(k)
             ])
@@ -664,7 +665,7 @@ def seed_scale(url: str, labelers: int, prompts: int, k: int, overlap: int) -> t
             s.add(UserSession(session_hash=digest(session_id), user_id=user.id, csrf_token=uuid.uuid4().hex,
                               expires_at=now + timedelta(hours=12)))
             cookies.append(signer.sign(session_id).decode())
-        set_id = ps.id
+        set_id = ps_id
     db.dispose()
     return set_id, tokens, cookies
 

@@ -133,3 +133,26 @@ def test_templates_autoescape(client) -> None:
     r = client.get("/login", params={"next": '/x"><script>alert(1)</script>'})
     assert "<script>alert(1)</script>" not in r.text
     assert re.search(r"&lt;script&gt;|&#34;&gt;", r.text)
+
+
+def test_a_token_records_when_it_was_last_used_at_most_once_a_minute(client, database, labeler) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from app.models import ApiToken
+
+    def last_used():  # type: ignore[no-untyped-def]
+        with database.session() as db:
+            return db.scalar(select(ApiToken.last_used_at).where(ApiToken.user_id == labeler.id))
+
+    assert client.get("/api/v1/me", headers=labeler.headers).status_code == 200
+    first = last_used()
+    assert first is not None
+    assert client.get("/api/v1/me", headers=labeler.headers).status_code == 200
+    assert last_used() == first  # within the minute: no write
+    with database.session() as db:
+        db.execute(update(ApiToken).where(ApiToken.user_id == labeler.id).values(last_used_at=first - timedelta(minutes=5)))
+        db.commit()
+    assert client.get("/api/v1/me", headers=labeler.headers).status_code == 200
+    assert last_used() > first - timedelta(minutes=5)

@@ -62,7 +62,7 @@ def test_creating_a_conversation_set_needs_a_deployed_policy_with_a_chat_templat
     assert r.status_code == 201, r.text
     out = r.json()
     assert out["kind"] == "conversation" and out["overlap"] == 2
-    assert out["conversation"] == {"max_turns": 3, "branching": 1, "max_context_chars": 16000}
+    assert out["conversation"] == {"max_turns": 3, "branching": 1, "max_context_chars": 16000, "red_team": False}
     bad = {**body, "name": "d", "conversation": {"branching": 0}}
     assert client.post("/api/v1/prompt-sets", json=bad, headers=admin.headers).status_code == 422
     plain = client.post("/api/v1/prompt-sets", json={"name": "plain"}, headers=admin.headers).json()
@@ -281,7 +281,7 @@ def test_patch_changes_the_given_conversation_settings_and_keeps_the_others(clie
     assert r.json()["overlap"] == 3
     with database.session() as db:
         stored = db.get(PromptSet, ps["id"])
-        assert stored.conversation == {"max_turns": 3, "branching": 4, "max_context_chars": 5000}
+        assert stored.conversation == {"max_turns": 3, "branching": 4, "max_context_chars": 5000, "red_team": False}
         assert stored.overlap == 3
     for body, message in [
         ({"conversation": {"max_turns": 0}}, "conversation.max_turns must be from 1 to 50"),

@@ -12,7 +12,17 @@ from app.models import Completion, ConversationNode, PromptSet
 from app.models.base import utcnow
 from app.services import claims, continue_tasks, imports, prompt_sets, submissions
 from tests.conversation_helpers import check_tree, sample_replies
-from tests.round_helpers import BAD, GOOD, bootstrap_v0, create_run, fast_settings, logs_of, make_labeler, run_state
+from tests.round_helpers import (
+    BAD,
+    GOOD,
+    TINY_CONFIG,
+    bootstrap_v0,
+    create_run,
+    fast_settings,
+    logs_of,
+    make_labeler,
+    run_state,
+)
 from trainer.data import load_round_data, take_snapshot
 from trainer.worker import TrainerWorker
 
@@ -88,4 +98,17 @@ def test_a_round_on_a_conversation_set_trains_sft_rm_and_ppo_on_conversations(se
     run = run_state(database, run_id)
     assert run.status == "succeeded", (run.error, logs_of(database, run_id))
     assert {"sft", "rm", "ppo", "eval"} <= set(run.metrics), run.metrics
+    for stage in ("sft", "rm", "ppo", "eval"):  # the short contexts fit: nothing cut, and each stage says so
+        assert run.metrics[stage]["context_cut_examples"] == 0 == run.metrics[stage]["context_cut_messages"], stage
     assert run.snapshot["counts"]["rankings"] == 12 and run.snapshot["counts"]["demonstrations"] == 12
+
+    # sft_assistant_turns=all: the same demonstrations, the earlier replies of their conversations
+    # trained on too (more supervised tokens), through the round config.
+    config = {**TINY_CONFIG, "sft_assistant_turns": "all", "sft_demonstrations": "all"}
+    every_id = create_run(database, [set_id], stages=["sft"], config=config)
+    TrainerWorker(s, database).run_once()
+    every = run_state(database, every_id)
+    assert every.status == "succeeded", (every.error, logs_of(database, every_id))
+    assert every.metrics["sft"]["assistant_turns_fallbacks"] == 0
+    assert every.metrics["sft"]["epochs"] == run.metrics["sft"]["epochs"]
+    assert every.metrics["sft"]["train_tokens"] > run.metrics["sft"]["train_tokens"]

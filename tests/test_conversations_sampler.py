@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from app.models import Completion, ConversationNode, Prompt
-from app.services import claims, continue_tasks, imports, policies, prompt_sets, submissions
+from app.services import claims, continue_tasks, imports, policies, prompt_sets, seeds, submissions
 from tests.round_helpers import bootstrap_v0, fast_settings, make_labeler
 from trainer import artifacts
 from trainer.sampler import Sampler
@@ -68,6 +68,30 @@ def test_the_sampler_answers_seeds_and_continued_contexts_in_the_tree(settings, 
             assert len(replies) == 2
             assert all(db.get(Completion, r.completion_id).prompt_id == new_context for r in replies)
             assert {r.turn for r in replies} == {2}
+    finally:
+        sampler.close()
+
+
+def test_the_sampler_answers_a_seed_a_labeler_wrote(settings, database, tiny_base) -> None:
+    s = fast_settings(settings, buffer_prompts=10)
+    v0 = bootstrap_v0(s, database, tiny_base)
+    with database.session() as db:
+        set_id = _conversation_set(db, s)
+        writer = make_labeler(db, "writer")
+        seed = seeds.write_seed(db, set_id, writer, text="hello there world", validation_fraction=0.0)
+        db.commit()
+        seed_id, seed_prompt = seed.node.id, seed.prompt.id
+    sampler = Sampler(database, s)
+    try:
+        assert sampler.fill() == 6  # K = 2 for each of the two imported seeds and the written one
+        with database.session() as db:
+            replies = db.scalars(select(ConversationNode).where(ConversationNode.parent_id == seed_id)).all()
+            assert len(replies) == 2 and {r.source for r in replies} == {"sampled"}
+            for reply in replies:
+                completion = db.get(Completion, reply.completion_id)
+                assert completion.prompt_id == seed_prompt and completion.policy_id == v0.id
+                assert reply.root_id == seed_id and reply.turn == 1
+            assert db.get(ConversationNode, seed_id).author_id == writer.id
     finally:
         sampler.close()
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event
 
+from tests.conftest import login
 from tests.factories import ready_set
 
 # Statements per request as of the lean hot path (docs/benchmarks.md, "Labeling at scale").
@@ -70,3 +71,23 @@ def test_a_cycle_sends_few_statements(client, database, labeler, rank_set, capsy
         print(f"[{database.dialect}] submit {len(submits[-1])}:", *submits[-1], sep="\n  ")
     assert max(map(len, claims)) <= MAX_CLAIM, claims[-1]
     assert max(map(len, submits)) <= MAX_SUBMIT, submits[-1]
+
+
+def test_pages_send_few_statements(client, database, labeler, rank_set, capsys) -> None:  # type: ignore[no-untyped-def]
+    for path in ("/api/v1/me", f"/api/v1/tasks/progress?prompt_set_id={rank_set}"):
+        client.get(path, headers=labeler.headers)
+        with counted(database.engine) as seen:
+            r = client.get(path, headers=labeler.headers)
+            assert r.status_code == 200, r.text
+        with capsys.disabled():
+            print(f"\n[{database.dialect}] {path} {len(seen)}:", *seen, sep="\n  ")
+
+
+def test_label_home_sends_few_statements(client, database, labeler, rank_set, capsys) -> None:  # type: ignore[no-untyped-def]
+    login(client, labeler.username)
+    client.get("/label")
+    with counted(database.engine) as seen:
+        r = client.get("/label")
+        assert r.status_code == 200, r.text
+    with capsys.disabled():
+        print(f"\n[{database.dialect}] /label {len(seen)}:", *seen, sep="\n  ")

@@ -189,6 +189,9 @@ NEW_COLUMNS: dict[tuple[str, str], Callable[[dict[str, Any], dict[str, list[dict
     ("prompt_sets", "kind"): lambda row, rows: "prompts",
     ("prompt_sets", "conversation"): lambda row, rows: None,
     ("tasks", "node_id"): lambda row, rows: None,
+    # 0011: no old set is a red-team set, so none was promoted.
+    ("prompt_sets", "red_team_promoted_at"): lambda row, rows: None,
+    ("prompt_sets", "red_team_promoted_by_id"): lambda row, rows: None,
 }
 
 

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from tests.conftest import Account, login
 
 PUBLIC = {("GET", "/api/v1/health"), ("GET", "/login"), ("POST", "/login"), ("GET", "/")}
-LABELER_API = re.compile(r"^/api/v1/(me|tasks(/.*)?)$")
+# labelers also start conversations in conversation sets (POST /prompt-sets/{id}/seeds)
+LABELER_API = re.compile(r"^/api/v1/(me|tasks(/.*)?|prompt-sets/\{[^}]+\}/seeds)$")
 LABELER_PAGES = re.compile(r"^/(label(/.*)?|logout)$")
 MISSING_ID = "987654"
 

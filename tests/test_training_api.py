@@ -68,6 +68,7 @@ def test_bad_rounds_are_refused_with_422(client, database, admin) -> None:
         ({"prompt_set_ids": [set_id], "config": {"sft_epochs": 1.5}}, "whole number"),
         ({"prompt_set_ids": [set_id], "config": {"ppo_iterations": 0}}, "at least 1"),
         ({"prompt_set_ids": [set_id], "config": {"rm_unacceptable": "maybe"}}, "keep, skip"),
+        ({"prompt_set_ids": [set_id], "config": {"sft_assistant_turns": "every"}}, "sft_assistant_turns must be one of last, all"),
         ({"prompt_set_ids": [set_id], "config": {"ppo_rollout_batch_size": 6, "ppo_minibatch_size": 4}}, "multiple"),
     ]
     for body, message in cases:

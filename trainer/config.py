@@ -25,6 +25,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 ROUND_SEED_KEY = "seed"
 
+#: ``SFTConfig.assistant_turns``: which assistant turns of a conversation demonstration carry loss.
+ASSISTANT_TURNS = ("last", "all")
+
 
 def param(
     default: Any,
@@ -61,6 +64,12 @@ class SFTConfig:
     batch_size: int = param(4, "demonstrations per optimizer step", min=1, max=4096)
     grad_accum: int = param(1, "micro-batches per optimizer step", min=1, max=1024)
     max_length: int = param(512, "tokens per prompt + demonstration", min=16, max=32768)
+    assistant_turns: str = param(
+        "last",
+        "which assistant turns of a conversation demonstration carry loss: last = only the written reply; "
+        "all = every assistant turn of the conversation (system and user turns never do)",
+        choices=ASSISTANT_TURNS,
+    )
     weight_decay: float = param(0.0, "AdamW weight decay", min=0, max=1)
     warmup_ratio: float = param(0.03, "share of steps with a linear learning-rate warmup", min=0, max=0.5)
     lr_schedule: str = param("cosine", "learning-rate decay after warmup", choices=("constant", "linear", "cosine"))
@@ -78,6 +87,12 @@ class SFTConfig:
         "(InstructGPT), instead of the last epoch",
     )
     seed: int = param(0, "random seed", round=False)
+
+    def __post_init__(self) -> None:
+        if self.assistant_turns not in ASSISTANT_TURNS:
+            raise ValueError(
+                f"assistant_turns must be one of {', '.join(ASSISTANT_TURNS)}, not {self.assistant_turns!r}"
+            )
 
 
 @dataclass

@@ -5,7 +5,9 @@ prompt sets created before the run started, and the train/validation prompts of 
 sets, and stores them with counts and a sha256 in ``TrainingRun.snapshot``. Everything
 the stages train on is read back by those ids, so labeling that goes on meanwhile (new
 rankings, an admin requeueing a labeler's work) changes nothing in a running round, and a
-retried run trains on exactly the same data. Gold prompts are never training data.
+retried run trains on exactly the same data. Gold prompts are never training data. A
+red-team set (app/services/red_team.py) counts only once an admin promoted it, with what
+was labeled by then; in its rankings a reply flagged as failing ranks below every other.
 
 This module reads rows only; it builds the plain dataclasses of trainer.stages.
 """
@@ -23,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import chunks
+from app.services import red_team
 from app.models import (
     DEFAULT_SAMPLING,
     CompareTask,
@@ -54,17 +57,34 @@ def _in_sets(prompt_set_ids: list[int]) -> tuple[Any, ...]:
     return Prompt.prompt_set_id.in_(prompt_set_ids), Prompt.is_gold.is_(False)
 
 
-def _active_ids(db: Session, model: Any, prompt_set_ids: list[int], cutoff: datetime) -> list[int]:
+Windows = list[tuple[list[int], datetime]]
+
+
+def _windows(db: Session, prompt_set_ids: list[int], cutoff: datetime) -> Windows:
+    """The snapshot's sets grouped by the time up to which their labels count
+    (app/services/red_team.py ``training_cutoffs``): ``cutoff`` for ordinary sets, the
+    promotion for a promoted red-team set; a red-team set never promoted is in none."""
+    cutoffs = red_team.training_cutoffs(db, prompt_set_ids, cutoff)
+    grouped: dict[datetime, list[int]] = {}
+    for set_id in prompt_set_ids:
+        if set_id in cutoffs:
+            grouped.setdefault(cutoffs[set_id], []).append(set_id)
+    return [(ids, until) for until, ids in grouped.items()]
+
+
+def _active_ids(db: Session, model: Any, windows: Windows) -> list[int]:
     """Ids of the active labels (``Ranking`` or ``Demonstration``) on the snapshot's
-    prompts, created by ``cutoff``."""
-    return list(
-        db.scalars(
-            select(model.id)
-            .join(Prompt, Prompt.id == model.prompt_id)
-            .where(*_in_sets(prompt_set_ids), model.status == SubmissionStatus.ACTIVE, model.created_at <= cutoff)
-            .order_by(model.id)
+    prompts, each created by its set's time."""
+    found: list[int] = []
+    for set_ids, until in windows:
+        found.extend(
+            db.scalars(
+                select(model.id)
+                .join(Prompt, Prompt.id == model.prompt_id)
+                .where(*_in_sets(set_ids), model.status == SubmissionStatus.ACTIVE, model.created_at <= until)
+            )
         )
-    )
+    return sorted(found)
 
 
 def take_snapshot(
@@ -76,12 +96,14 @@ def take_snapshot(
     judgments of human evaluations on the sets' prompts that prefer one side (A or B), gold
     comparisons aside; otherwise evaluations stay held out and the key is absent.
     """
-    rankings = _active_ids(db, Ranking, prompt_set_ids, cutoff)
-    demonstrations = _active_ids(db, Demonstration, prompt_set_ids, cutoff)
+    windows = _windows(db, prompt_set_ids, cutoff)
+    rankings = _active_ids(db, Ranking, windows)
+    demonstrations = _active_ids(db, Demonstration, windows)
     prompts: dict[str, list[int]] = {"train": [], "validation": []}
-    for prompt_id, split in db.execute(
-        select(Prompt.id, Prompt.split).where(*_in_sets(prompt_set_ids), Prompt.created_at <= cutoff).order_by(Prompt.id)
-    ):
+    rows: list[tuple[int, str]] = []
+    for set_ids, until in windows:
+        rows.extend(db.execute(select(Prompt.id, Prompt.split).where(*_in_sets(set_ids), Prompt.created_at <= until)))
+    for prompt_id, split in sorted(rows):
         prompts.setdefault(split, []).append(prompt_id)
     ids = {
         "rankings": rankings,
@@ -90,22 +112,24 @@ def take_snapshot(
         "prompts_validation": prompts.get("validation", []),
     }
     if include_judgments:
-        ids["judgments"] = list(
-            db.scalars(
-                select(ComparisonJudgment.id)
-                .join(Prompt, Prompt.id == ComparisonJudgment.prompt_id)
-                .join(EvaluationComparison, EvaluationComparison.id == ComparisonJudgment.comparison_id)
-                .where(
-                    *_in_sets(prompt_set_ids),
-                    ComparisonJudgment.status == "active",
-                    ComparisonJudgment.choice.in_(("a", "b")),
-                    ComparisonJudgment.created_at <= cutoff,
-                    EvaluationComparison.gold_outcome.is_(None),
+        judgments: list[int] = []
+        for set_ids, until in windows:
+            judgments.extend(
+                db.scalars(
+                    select(ComparisonJudgment.id)
+                    .join(Prompt, Prompt.id == ComparisonJudgment.prompt_id)
+                    .join(EvaluationComparison, EvaluationComparison.id == ComparisonJudgment.comparison_id)
+                    .where(
+                        *_in_sets(set_ids),
+                        ComparisonJudgment.status == "active",
+                        ComparisonJudgment.choice.in_(("a", "b")),
+                        ComparisonJudgment.created_at <= until,
+                        EvaluationComparison.gold_outcome.is_(None),
+                    )
                 )
-                .order_by(ComparisonJudgment.id)
             )
-        )
-    return {
+        ids["judgments"] = sorted(judgments)
+    snapshot: dict[str, Any] = {
         "format": SNAPSHOT_FORMAT,
         "taken_at": cutoff.isoformat(),
         "prompt_set_ids": list(prompt_set_ids),
@@ -113,6 +137,26 @@ def take_snapshot(
         "sha256": _hash_ids(ids),
         "ids": ids,
     }
+    red = _red_team_summary(db, prompt_set_ids, windows)
+    if red:
+        snapshot["red_team"] = red
+    return snapshot
+
+
+def _red_team_summary(db: Session, prompt_set_ids: list[int], windows: Windows) -> dict[str, Any] | None:
+    """The snapshot's red-team sets: those it trains on with the time their data stops
+    (``promoted``), and those left out because no admin promoted them (``left_out``). None
+    when the round has no red-team set."""
+    left_out = red_team.unpromoted(db, prompt_set_ids)
+    promoted = {
+        str(set_id): until.isoformat()
+        for set_ids, until in windows
+        for set_id in set_ids
+        if (ps := db.get(PromptSet, set_id)) is not None and red_team.is_red_team(ps)
+    }
+    if not left_out and not promoted:
+        return None
+    return {"promoted": promoted, "left_out": left_out}
 
 
 def round_sampling(db: Session, prompt_set_ids: list[int]) -> dict[str, Any]:
@@ -242,10 +286,14 @@ def load_round_data(
         example = SFTExample(prompt=prompt.text, messages=prompt.messages, completion=demo.text)
         (data.sft_val if prompt.split == "validation" else data.sft_train).append(example)
 
+    red_sets = {int(i) for i in (snapshot.get("red_team") or {}).get("promoted", {})}
     examples: list[tuple[Ranking, Any]] = []
     for ranking in rankings:
         prompt = prompts[ranking.prompt_id]
-        order = [int(c) for group in ranking.ranking for c in group]
+        groups = ranking.ranking
+        if prompt.prompt_set_id in red_sets:  # a failing reply is rejected against every other
+            groups = red_team.failing_last(groups, ranking.ratings)
+        order = [int(c) for group in groups for c in group]
         if any(c not in texts for c in order):
             logger.warning("ranking %d refers to a missing completion; left out", ranking.id)
             continue
@@ -254,7 +302,7 @@ def load_round_data(
             prompt=prompt.text,
             messages=prompt.messages,
             completions=[texts[c] for c in order],
-            ranking=[[index[int(c)] for c in group] for group in ranking.ranking],
+            ranking=[[index[int(c)] for c in group] for group in groups],
             all_unacceptable=bool(ranking.all_unacceptable),
         )
         if (example.all_unacceptable and rm_unacceptable == "skip") or not pairs_from_ranking(example.ranking):

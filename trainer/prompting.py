@@ -12,7 +12,11 @@ and judged by exactly what labelers were shown:
 * :func:`prompt_token_limit` and :func:`encode_prompt` keep the last tokens of a prompt
   that would not leave room for the response; :func:`fit_messages` first cuts a
   conversation from its oldest turns, keeping its system messages, so a long chat loses
-  whole exchanges rather than the middle of one;
+  whole exchanges rather than the middle of one; :func:`fit_prompt` does that for any
+  prompt shape and is how every training stage (SFT, RM, DPO, PPO, the evaluation) fits its
+  contexts (:func:`response_budget_limit` is the prompt budget beside a response);
+* :func:`render_conversation` renders a whole conversation, assistant turns included (SFT
+  labels every assistant turn against it, ``sft_assistant_turns="all"``);
 * :func:`encode_prompt_response` joins a rendered prompt and a response (EOS appended) for
   the training stages, cutting the prompt from the left when the pair is too long;
 * :func:`pad_token_id` is the pad id (EOS for tokenizers without a pad token);
@@ -28,7 +32,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +65,32 @@ def render_prompt(tokenizer: Any, prompt: str | None, messages: Sequence[Message
     return "".join(f"{m['role']}: {m['content']}\n" for m in msgs)
 
 
-def prompt_text(tokenizer: Any, item: PromptLike) -> str:
-    """Render any :data:`PromptLike` with :func:`render_prompt`."""
+def render_conversation(tokenizer: Any, messages: Sequence[Message]) -> str | None:
+    """The chat template applied to a whole conversation, assistant turns included, with no
+    generation prompt (for labelling each assistant turn); None without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    return tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False, add_generation_prompt=False)
+
+
+def prompt_parts(item: PromptLike) -> tuple[str | None, list[Message] | None]:
+    """``(prompt, messages)`` of any :data:`PromptLike`."""
     if isinstance(item, str):
-        return render_prompt(tokenizer, item, None)
+        return item, None
     if isinstance(item, list):
-        return render_prompt(tokenizer, None, item)
+        return None, item
     if isinstance(item, tuple):
         prompt, messages = item
-        return render_prompt(tokenizer, prompt, messages)
+        return prompt, messages
     if hasattr(item, "prompt") or hasattr(item, "messages"):
-        return render_prompt(tokenizer, getattr(item, "prompt", None), getattr(item, "messages", None))
+        return getattr(item, "prompt", None), getattr(item, "messages", None)
     raise TypeError(f"cannot read a prompt from {type(item).__name__}")
+
+
+def prompt_text(tokenizer: Any, item: PromptLike) -> str:
+    """Render any :data:`PromptLike` with :func:`render_prompt`."""
+    prompt, messages = prompt_parts(item)
+    return render_prompt(tokenizer, prompt if messages is None else None, messages)
 
 
 def encode_rendered(tokenizer: Any, text: str) -> list[int]:
@@ -130,6 +148,41 @@ def fit_messages(
         rest = rest[cut:]
         dropped += cut
     return system + rest, dropped
+
+
+class FittedPrompt(NamedTuple):
+    """A prompt cut to fit (:func:`fit_prompt`): its rendered ``text``, the conversation
+    ``messages`` kept (None for a plain-text prompt) and how many messages were ``dropped``."""
+
+    text: str
+    messages: list[Message] | None
+    dropped: int
+
+
+def fit_prompt(tokenizer: Any, item: PromptLike, limit: int | None) -> FittedPrompt:
+    """Render any :data:`PromptLike` so that it fits in ``limit`` prompt tokens.
+
+    A conversation loses its oldest exchanges first (:func:`fit_messages`: system messages
+    kept, what is kept starts with a user turn); a plain-text prompt is rendered as it is.
+    Whatever is still too long is cut from the left by the encoder
+    (:func:`encode_prompt`, :func:`encode_prompt_response`). The training stages (SFT, the
+    reward model, DPO, PPO) and the evaluation all fit their prompts here and count
+    ``dropped`` in their metrics (``context_cut_examples``, ``context_cut_messages``).
+    """
+    prompt, messages = prompt_parts(item)
+    if messages is None:
+        return FittedPrompt(render_prompt(tokenizer, prompt, None), None, 0)
+    kept, dropped = fit_messages(tokenizer, messages, limit)
+    if dropped:
+        logger.info("conversation of %d messages cut by its %d oldest to fit %s tokens", len(messages), dropped, limit)
+    return FittedPrompt(render_prompt(tokenizer, None, kept), kept, dropped)
+
+
+def response_budget_limit(max_length: int, response_tokens: int) -> int:
+    """The prompt tokens a stage with ``max_length`` tokens per sequence allows before a
+    response of ``response_tokens``: what is left, but never less than half the length
+    (the share :func:`encode_prompt_response` keeps for the prompt anyway)."""
+    return max(int(max_length) - int(response_tokens), max(1, int(max_length) // 2))
 
 
 def _as_ids(value: Any) -> list[int]:

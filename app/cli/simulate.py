@@ -40,7 +40,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Label -> train -> deploy -> label again, with a scripted preference; prints a per-round table."""
+        """Label -> train -> deploy -> label again, with a scripted preference; prints a per-round table.
+
+        On a conversation set the labelers also write follow-up user turns (app/simulation/conversations.py)."""
         import httpx
 
         from app.simulation.client import ApiError

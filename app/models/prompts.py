@@ -44,6 +44,11 @@ class PromptSet(Base):
     kind: Mapped[str] = mapped_column(String(16), default="prompts", server_default="prompts")
     # conversation sets: max_turns, branching, max_context_chars (app/services/conversation_settings.py)
     conversation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # red-team conversation sets: when an admin made their data training data, and who
+    # (app/services/red_team.py); rounds use only what was labeled by then
+    red_team_promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # no ON DELETE rule (migration 0011): users are deactivated, never deleted
+    red_team_promoted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

@@ -42,6 +42,10 @@ class ConversationSettingsBase(BaseModel):
         default=_DEFAULTS.max_context_chars, ge=BOUNDS["max_context_chars"][0], le=BOUNDS["max_context_chars"][1],
         description="characters a conversation may reach; a longer turn is refused",
     )
+    red_team: bool = Field(
+        default=_DEFAULTS.red_team,
+        description="labelers try to make the model fail; its data trains only after an admin promotes the set",
+    )
 
 
 class ConversationSettingsIn(ConversationSettingsBase):
@@ -77,7 +81,7 @@ class PromptSetCreate(BaseModel):
 ConversationSettingsPatch = create_model(
     "ConversationSettingsPatch",
     __config__=ConfigDict(extra="forbid"),
-    **{name: (int | None, Field(default=None, description=f.description))
+    **{name: (f.annotation | None, Field(default=None, description=f.description))
        for name, f in ConversationSettingsIn.model_fields.items()},
 )
 
@@ -110,6 +114,9 @@ class PromptSetOut(BaseModel):
     status: str
     kind: str
     conversation: ConversationSettingsOut | None = None
+    red_team_promoted_at: datetime | None = Field(
+        default=None, description="red-team sets: when an admin made their data training data"
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -13,6 +13,8 @@ CONVERSATION = "conversation"
 
 #: Each setting's (lowest, highest) value; the API schema (app/schemas/prompt_sets.py) uses them.
 BOUNDS: dict[str, tuple[int, int]] = {"max_turns": (1, 50), "branching": (1, 20), "max_context_chars": (200, 500_000)}
+#: The settings that are true or false.
+FLAGS = ("red_team",)
 
 
 @dataclass(frozen=True)
@@ -21,12 +23,15 @@ class ConversationSettings:
 
     ``max_turns``: user turns per conversation (the seed is turn 1); ``branching``: user
     turns that may continue one assistant reply; ``max_context_chars``: characters of a
-    context (every message of the path) that a new turn may not push it past.
+    context (every message of the path) that a new turn may not push it past;
+    ``red_team``: labelers try to make the model fail, and the set's rankings and written
+    replies are training data only once an admin promotes it (app/services/red_team.py).
     """
 
     max_turns: int = 4
     branching: int = 2
     max_context_chars: int = 16_000
+    red_team: bool = False
 
 
 def check_settings(values: dict[str, Any] | None, current: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -48,4 +53,10 @@ def check_settings(values: dict[str, Any] | None, current: dict[str, Any] | None
         if not low <= value <= high:
             raise Invalid(f"conversation.{key} must be from {low} to {high}, not {value}")
         out[key] = value
+    for key in FLAGS:
+        if values.get(key) is None:
+            continue
+        if not isinstance(values[key], bool):
+            raise Invalid(f"conversation.{key} must be true or false")
+        out[key] = values[key]
     return out

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Integer, and_, bindparam, exists, or_, select, update
+from sqlalchemy import ColumnElement, Integer, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import PromptSet, Slot, Task, TaskStatus, User
@@ -123,7 +123,11 @@ def _probe_statement() -> Any:
         exists().where(*mine, _lapsed(now)).label("lapsed"),
         exists().where(Task.labeler_id == labeler, Task.status == TaskStatus.LEASED, Task.lease_expires_at <= now)
         .label("expire_mine"),
-        exists().where(Slot.prompt_set_id == ps_id, Slot.next_lapse <= now).label("reap_set"),
+        # the set's earliest lapse, not EXISTS: PostgreSQL's generic plan for a prepared
+        # EXISTS (next_lapse <= $now) scanned the whole slots table (19 ms at 50,000
+        # prompts); min() reads the first entry of ix_slots_lapse whatever the plan
+        (select(func.min(Slot.next_lapse)).where(Slot.prompt_set_id == ps_id).scalar_subquery() <= now)
+        .label("reap_set"),
     )
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.models import DEFAULT_SAMPLING, Prompt, PromptSet, PromptSetStatus, User
 from app.models.prompts import PROMPT_SET_KINDS, PROMPT_SET_STATUSES
-from app.services import audit, chat_templates
+from app.services import audit, chat_templates, red_team
 from app.services.conversation_settings import CONVERSATION, check_settings
 from app.services.errors import Conflict, Invalid, NotFound
 
@@ -169,9 +169,10 @@ def create_prompt_set(
     return ps
 
 
-def _conversation_update(ps: PromptSet, conversation: dict[str, Any] | None) -> dict[str, Any]:
+def _conversation_update(db: Session, ps: PromptSet, conversation: dict[str, Any] | None) -> dict[str, Any]:
     """The fields a PATCH of ``conversation`` settings changes: the merged settings, and the
-    overlap for ``rankers_per_node``. Only a conversation set has them."""
+    overlap for ``rankers_per_node``. Only a conversation set has them; a red-team set with
+    labels stays one (app/services/red_team.py)."""
     if conversation is None:
         return {}
     if ps.kind != CONVERSATION:
@@ -179,6 +180,7 @@ def _conversation_update(ps: PromptSet, conversation: dict[str, Any] | None) -> 
     settings = {k: v for k, v in conversation.items() if v is not None}
     rankers = settings.pop("rankers_per_node", None)
     out: dict[str, Any] = {"conversation": check_settings(settings, current=ps.conversation)}
+    red_team.check_setting_change(db, ps, out["conversation"])
     if rankers is not None:
         out.update(_validate({"overlap": rankers}))
     return out
@@ -189,7 +191,7 @@ def update_prompt_set(db: Session, actor: User | None, ps: PromptSet, **values: 
 
     ``conversation`` (a conversation set) changes the given settings and keeps the others;
     a lowered limit holds for new turns (a leased task past it is refused on submit)."""
-    conversation = _conversation_update(ps, values.pop("conversation", None))
+    conversation = _conversation_update(db, ps, values.pop("conversation", None))
     fields = {**_validate(values), **conversation}
     if "name" in fields and _name_taken(db, fields["name"], exclude_id=ps.id):
         raise Conflict(f"a prompt set named {fields['name']!r} already exists")

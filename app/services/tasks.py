@@ -32,7 +32,7 @@ from app.models import (
     TaskStatus,
     User,
 )
-from app.models.base import utcnow
+from app.models.base import UTCDateTime, utcnow
 from app.schemas.tasks import ProgressOut
 from app.services import continue_tasks, conversations
 from app.services.claims import next_task
@@ -105,6 +105,72 @@ def task_view(db: Session, task: Task) -> dict[str, Any]:
 
 
 
+_progress_cache: list[tuple[Any, Any]] = []
+
+
+def _progress_statements() -> tuple[Any, Any]:
+    """The two statements of :func:`progress`, built once per process with bind parameters
+    (``labeler_id``, ``ps_id``, ``overlap``, ``now``): building them per call (aliases,
+    correlated subqueries) cost more CPU than running them."""
+    if _progress_cache:
+        return _progress_cache[0]
+    labeler: Any = bindparam("labeler_id", type_=Integer)
+    ps_id: Any = bindparam("ps_id", type_=Integer)
+    overlap: Any = bindparam("overlap", type_=Integer)
+    now: Any = bindparam("now", type_=UTCDateTime())
+    S = Slot
+    live = and_(Task.status == TaskStatus.LEASED, Task.lease_expires_at > now)
+    pair_key = case((Task.kind == "rank", func.coalesce(Task.policy_id, 0)), else_=0)
+    # An own task that keeps the labeler off an open pair: done, skipped, sent back, or held.
+    keeps_off = and_(
+        or_(Task.status.in_(("submitted", "skipped", "requeued")), live),
+        exists().where(
+            S.prompt_id == Task.prompt_id, S.kind == Task.kind, S.policy_id == pair_key,
+            S.prompt_set_id == ps_id, S.served.is_(True), S.taken < overlap,
+        ),
+    )
+    mine = (
+        select(
+            Task.kind, Task.status, pair_key, func.count(),
+            func.sum(case((live, 1), else_=0)), func.sum(case((keeps_off, 1), else_=0)),
+        )
+        .where(Task.labeler_id == labeler, Task.prompt_set_id == ps_id)
+        .group_by(Task.kind, Task.status, pair_key)
+    )
+    # When could a full prompt open up again? The earliest live lease of another labeler
+    # on a pair served now (demonstrate: any) this labeler has not done.
+    t, own = aliased(Task), aliased(Task)
+    next_expiry = (
+        select(func.min(t.lease_expires_at))
+        .join(S, and_(
+            S.prompt_id == t.prompt_id,
+            S.kind == t.kind,
+            S.policy_id == case((t.kind == "rank", func.coalesce(t.policy_id, 0)), else_=0),
+        ))
+        .where(
+            t.prompt_set_id == ps_id,
+            t.status == TaskStatus.LEASED,
+            t.lease_expires_at > now,
+            t.labeler_id != labeler,
+            or_(t.kind != "rank", S.served.is_(True)),
+            ~exists().where(
+                own.prompt_id == t.prompt_id,
+                own.kind == t.kind,
+                own.policy_id.is_not_distinct_from(t.policy_id),
+                own.labeler_id == labeler,
+                keeps_labeler_off(now, own),
+            ),
+        )
+        .scalar_subquery()
+    )
+    deployed_id = select(Policy.id).where(Policy.deployed.is_(True)).scalar_subquery()
+    totals = select(
+        SlotTotals.kind, SlotTotals.policy_id, SlotTotals.served, SlotTotals.open, deployed_id, next_expiry
+    ).where(SlotTotals.prompt_set_id == ps_id)
+    _progress_cache.append((mine, totals))
+    return mine, totals
+
+
 def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None) -> ProgressOut:
     """What this labeler has done in the set and what is left for them right now, from the
     slots table (app/services/slots.py) and the labeler's own tasks: nothing here counts
@@ -117,15 +183,16 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
     completions (with no policy deployed: prompts where no policy has K).
     """
     now = now or utcnow()
-    live = and_(Task.status == TaskStatus.LEASED, Task.lease_expires_at > now)
-    mine: dict[tuple[str, str], tuple[int, int]] = {
-        (kind, status): (n, int(n_live or 0))
-        for kind, status, n, n_live in db.execute(
-            select(Task.kind, Task.status, func.count(), func.sum(case((live, 1), else_=0)))
-            .where(Task.labeler_id == user.id, Task.prompt_set_id == ps.id)
-            .group_by(Task.kind, Task.status)
-        )
-    }
+    params = {"labeler_id": user.id, "ps_id": ps.id, "overlap": ps.overlap, "now": now}
+    mine_stmt, totals_stmt = _progress_statements()
+    # One pass over the labeler's own tasks in the set: their counts by kind and status,
+    # the live ones, and those keeping them off a pair that is open for others.
+    mine: dict[tuple[str, str], tuple[int, int]] = {}
+    kept: dict[tuple[str, int], int] = {}
+    for kind, status, pair, n, n_live, n_kept in db.execute(mine_stmt, params):
+        n0, live0 = mine.get((kind, status), (0, 0))
+        mine[(kind, status)] = (n0 + n, live0 + int(n_live or 0))
+        kept[(kind, pair)] = kept.get((kind, pair), 0) + int(n_kept or 0)
 
     def n_mine(kind: str | None, status: str, is_live: bool = False) -> int:
         return sum(
@@ -134,30 +201,13 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
             if (kind is None or k == kind) and st == status
         )
 
-    S = Slot
-    deployed = db.scalar(select(Policy.id).where(Policy.deployed.is_(True)))
-    open_row = [S.prompt_set_id == ps.id, S.served.is_(True), S.taken < ps.overlap]
-    own = aliased(Task)
-    own_key = case((own.kind == "rank", func.coalesce(own.policy_id, 0)), else_=0)
-    kept_off = (
-        select(own.kind, own_key, func.count())
-        .where(
-            own.labeler_id == user.id,
-            own.prompt_set_id == ps.id,
-            or_(own.status.in_(("submitted", "skipped", "requeued")), and_(own.status == "leased", own.lease_expires_at > now)),
-            exists().where(S.prompt_id == own.prompt_id, S.kind == own.kind, S.policy_id == own_key, *open_row),
-        )
-        .group_by(own.kind, own_key)
-    )
-    kept: dict[tuple[str, int], int] = {(k, pol): n for k, pol, n in db.execute(kept_off)}
-    totals = {
-        (k, pol): (served, n_open)
-        for k, pol, served, n_open in db.execute(
-            select(SlotTotals.kind, SlotTotals.policy_id, SlotTotals.served, SlotTotals.open).where(
-                SlotTotals.prompt_set_id == ps.id
-            )
-        )
-    }
+    # The set's counters (slot_totals), with the deployed policy and the next lease expiry
+    # alongside: one statement. No rows means no slots, and then neither is needed.
+    totals: dict[tuple[str, int], tuple[int, int]] = {}
+    deployed: int | None = None
+    next_lease: datetime | None = None
+    for k, pol, served, n_open, deployed, next_lease in db.execute(totals_stmt, params):
+        totals[(k, pol)] = (served, n_open)
     left = {key: n_open - kept.get(key, 0) for key, (_, n_open) in totals.items() if key[0] != "prompts"}
     rank_left = sum(n for (k, _), n in left.items() if k == "rank")
     demo_left = sum(n for (k, _), n in left.items() if k == "demonstrate")
@@ -169,31 +219,6 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
         open_elsewhere = sum(n for (k, pol), n in left.items() if k == "rank" and pol != deployed)
         waiting = regular - served_deployed - open_elsewhere
 
-    # When could a full prompt open up again? The earliest live lease of another labeler
-    # on a pair served now (demonstrate: any) this labeler has not done.
-    t = aliased(Task)
-    next_expiry = db.scalar(
-        select(func.min(t.lease_expires_at))
-        .join(S, and_(
-            S.prompt_id == t.prompt_id,
-            S.kind == t.kind,
-            S.policy_id == case((t.kind == "rank", func.coalesce(t.policy_id, 0)), else_=0),
-        ))
-        .where(
-            t.prompt_set_id == ps.id,
-            t.status == TaskStatus.LEASED,
-            t.lease_expires_at > now,
-            t.labeler_id != user.id,
-            or_(t.kind != "rank", S.served.is_(True)),
-            ~exists().where(
-                own.prompt_id == t.prompt_id,
-                own.kind == t.kind,
-                own.policy_id.is_not_distinct_from(t.policy_id),
-                own.labeler_id == user.id,
-                keeps_labeler_off(now, own),
-            ),
-        )
-    )
     offers_demos = ps.demonstration_share > 0 or totals.get(("demonstrate", 0), (0, 0))[0] > 0
     return ProgressOut(
         prompt_set_id=ps.id,
@@ -209,5 +234,5 @@ def progress(db: Session, user: User, ps: PromptSet, now: datetime | None = None
         continue_left=continue_tasks.open_reply_count(db, ps, user.id, now),
         waiting_for_completions=max(0, waiting),
         offers_demonstrations=offers_demos,
-        next_lease_expiry=next_expiry,
+        next_lease_expiry=next_lease,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app.models import ApiToken, User
@@ -25,22 +25,29 @@ def create_token(db: Session, user: User, name: str) -> tuple[ApiToken, str]:
 
 
 def resolve_token(db: Session, plaintext: str) -> User | None:
-    """The active user owning a non-revoked token, or None."""
-    row = db.execute(
-        select(ApiToken, User)
-        .join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.token_hash == digest(plaintext))
-    ).first()
+    """The active user owning a non-revoked token, or None.
+
+    On every API request, so it loads one ORM object (the user) and reads the token's
+    columns as plain values; ``last_used_at`` is written at most once a minute, so the hot
+    path stays read-only.
+    """
+    row = db.execute(_RESOLVE, {"token_hash": digest(plaintext)}).first()
     if row is None:
         return None
-    token, user = row
-    if token.revoked_at is not None or not user.is_active:
+    user, token_id, revoked_at, last_used_at = row
+    if revoked_at is not None or not user.is_active:
         return None
     now = utcnow()
-    # Write last-used at most once a minute so the hot path stays read-only.
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
-        token.last_used_at = now
+    if last_used_at is None or (now - last_used_at).total_seconds() > 60:
+        db.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
     return user
+
+
+_RESOLVE = (
+    select(User, ApiToken.id, ApiToken.revoked_at, ApiToken.last_used_at)
+    .join(ApiToken, ApiToken.user_id == User.id)
+    .where(ApiToken.token_hash == bindparam("token_hash"))
+)
 
 
 def list_tokens(db: Session, user_id: int | None = None) -> list[ApiToken]:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.models import PromptSet, RunLog, RunMetric, TrainingRun, User
 from app.models.base import utcnow
 from app.models.training import DEFAULT_STAGES, POLICY_OPTIMISERS, STAGES
-from app.services import audit, webhook_events
+from app.services import audit, red_team, webhook_events
 from app.services.errors import Conflict, Invalid, NotFound
 from trainer.config import (
     ROUND_KEYS,
@@ -84,7 +84,8 @@ def create_round(
 
     ``deploy``: False (register only), True (deploy through the deploy gate) or
     ``"force"`` (deploy even when the gate refuses). The data is fixed when a worker
-    starts the run (its snapshot), not here.
+    starts the run (its snapshot), not here. A red-team set no admin promoted is refused
+    (app/services/red_team.py).
     """
     if deploy not in (True, False, "force"):
         raise Invalid('deploy must be true, false or "force"')
@@ -95,6 +96,12 @@ def create_round(
     missing = [i for i in ids if i not in found]
     if missing:
         raise Invalid(f"prompt set(s) {', '.join(map(str, missing))} do not exist")
+    held = red_team.unpromoted(db, ids)
+    if held:
+        raise Invalid(
+            f"prompt set(s) {', '.join(map(str, held))} are red-team sets that were never promoted: an admin "
+            "promotes one (POST /api/v1/prompt-sets/{id}/red-team/promote) before a round trains on it"
+        )
     run = TrainingRun(
         kind="round",
         status="queued",

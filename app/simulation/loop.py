@@ -80,6 +80,9 @@ class Simulation:
         if not sets:
             raise ValueError(f"no prompt set named {cfg.prompt_set!r}")
         self.prompt_set = sets[0]
+        # conversation sets (app/simulation/conversations.py): the contexts rank tasks showed
+        self.contexts: dict[int, Any] = {}
+        self.last_pass: dict[str, int] = {}
 
     def close(self) -> None:
         self.admin.close()
@@ -145,19 +148,31 @@ class Simulation:
             task = client.next_task(self.prompt_set["id"], "demonstrate")
             if task is None:
                 break
-            samples = self.admin.completions(prompt_id=task["prompt_id"], policy_id=policy_id)
-            if not samples:
+            best = self.best_sample(task["prompt_id"], policy_id, task["prompt"])
+            if best is None:
                 client.skip(task["id"], "no policy samples to choose from")
                 continue
-            best = max(samples, key=lambda c: self.preference(task["prompt"], c["text"]))
-            client.submit_demonstration(task["id"], best["text"])
+            client.submit_demonstration(task["id"], best)
             written += 1
         return written
 
+    def best_sample(self, prompt_id: int, policy_id: int, prompt: str) -> str | None:
+        """The best of the policy's samples of a prompt under the preference (None without any)."""
+        samples = self.admin.completions(prompt_id=prompt_id, policy_id=policy_id)
+        if not samples:
+            return None
+        return max(samples, key=lambda c: self.preference(prompt, c["text"]))["text"]
+
     def label_pass(self, round_no: int, policy_id: int) -> tuple[int, int]:
-        """Fresh labelers rank everything open (concurrently), then write demonstrations."""
+        """Fresh labelers rank everything open (concurrently), then write demonstrations.
+
+        On a conversation set they also continue conversations (app/simulation/conversations.py)."""
         clients = self._labelers(round_no)
         try:
+            if self.prompt_set.get("kind") == "conversation":
+                from app.simulation.conversations import label_pass
+
+                return label_pass(self, clients, policy_id)
             with ThreadPoolExecutor(len(clients)) as pool:
                 seeds = [self.rng.randrange(1 << 30) for _ in clients]
                 rankings = sum(pool.map(self._rank_loop, clients, seeds))
@@ -175,6 +190,8 @@ class Simulation:
         )
         by_prompt: dict[int, list[dict[str, Any]]] = {}
         for row in rows:
+            if row["prompt_id"] in self.contexts:  # a conversation's context, as its rankings saw it
+                row["prompt"] = self.contexts[row["prompt_id"]].prompt
             by_prompt.setdefault(row["prompt_id"], []).append(row)
         return by_prompt
 

@@ -215,6 +215,8 @@ export function createMode({ cfg, changed }) {
       }
       if (k === "t" || k === "=") { store.update((x) => R.toggleTie(x, id)); li.focus({ preventScroll: true }); return true; }
       if (k === "e") { toggleExpand(cards.get(id)); return true; }
+      const flag = e.shiftKey ? null : cfg.flags.find((f) => f.key === k);
+      if (flag) { store.update((x) => R.toggleFlag(x, id, flag.name)); return true; }
       return false;
     }
 

@@ -70,6 +70,9 @@ export function setFlag(s, id, name, on) {
   return withRating(s, id, { ...cur, flags });
 }
 
+export const hasFlag = (s, id, name) => ratingOf(s, id).flags.includes(name);
+export const toggleFlag = (s, id, name) => setFlag(s, id, name, !hasFlag(s, id, name));
+
 export const setAllUnacceptable = (s, on) => (s.allUnacceptable === !!on ? s : { ...s, allUnacceptable: !!on });
 export const setComment = (s, comment) => (s.comment === comment ? s : { ...s, comment });
 

@@ -51,8 +51,10 @@ def test_evaluate_with_a_reward_model_scorer(policy, tokenizer):
         policy, prev, reward_fn_from_model(rm, tokenizer), tokenizer, PROMPTS, EvalParams(max_new_tokens=6)
     )
     assert set(result) == {
-        "win_rate", "mean_score_new", "mean_score_prev", "kl_from_prev", "n", "samples", "score_deltas", "wins", "kls"
+        "win_rate", "mean_score_new", "mean_score_prev", "kl_from_prev", "n", "samples", "score_deltas", "wins", "kls",
+        "context_cut_examples", "context_cut_messages",
     }
+    assert result["context_cut_examples"] == 0 == result["context_cut_messages"]
     assert len(result["wins"]) == len(PROMPTS) * EvalParams().samples_per_prompt
     assert all(torch.isfinite(torch.tensor(v)).all() for v in result.values())
     assert 0.0 <= result["win_rate"] <= 1.0

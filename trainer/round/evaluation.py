@@ -35,7 +35,9 @@ def evaluate(ctx: RoundContext, job: RoundJob, model: Any, rm: Any) -> dict[str,
     result = stages.evaluate_policies(model, prev, score_fn, ctx.tokenizer, prompts, job.cfg.eval)
     del prev
     out: dict[str, Any] = {"kl_from_prev": result["kl_from_prev"], "eval_prompts": result["n"],
-                           "eval_samples": result["samples"], "kls": result["kls"]}
+                           "eval_samples": result["samples"], "kls": result["kls"],
+                           "context_cut_examples": result["context_cut_examples"],
+                           "context_cut_messages": result["context_cut_messages"]}
     if rm is not None:
         out.update(
             win_rate=result["win_rate"], mean_score_new=result["mean_score_new"],

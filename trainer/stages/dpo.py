@@ -26,14 +26,14 @@ from torch.utils.data import DataLoader
 
 from trainer.config import DPOConfig, epochs_for
 
-from trainer.prompting import encode_prompt_response, pad_token_id, prompt_text
+from trainer.prompting import encode_prompt_response, pad_token_id
 
 from .accel import get_accelerator, seed_everything, set_dropout_off
 from .callbacks import StepCallback, check_cancel
 from .metrics import StageMetrics
 from .optim import backward_and_step, configure_optimizer, prepare_supervised, trainable
 from .tensors import pad_right, token_logprobs
-from .reward import RankingExample, pairs_from_ranking
+from .reward import RankingExample, fit_ranking, pairs_from_ranking
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +43,15 @@ class _Encoded:
     rows: list[list[int]]
     prompt_lens: list[int]
     pairs: list[tuple[int, int]]
+    context_cut: int = 0  # oldest context messages dropped to fit
 
 
 def _encode(tokenizer, ex: RankingExample, max_length: int) -> _Encoded:
-    text = prompt_text(tokenizer, ex)
-    encoded = [encode_prompt_response(tokenizer, text, c, max_length) for c in ex.completions]
-    return _Encoded([ids for ids, _ in encoded], [n for _, n in encoded], pairs_from_ranking(ex.ranking))
+    fitted = fit_ranking(tokenizer, ex, max_length)  # as the reward model does
+    encoded = [encode_prompt_response(tokenizer, fitted.text, c, max_length) for c in ex.completions]
+    return _Encoded(
+        [ids for ids, _ in encoded], [n for _, n in encoded], pairs_from_ranking(ex.ranking), fitted.dropped
+    )
 
 
 def _collate(batch: Sequence[_Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
@@ -132,7 +135,8 @@ def train_dpo(
 
     Returns ``train_loss``, ``train_accuracy`` (last epoch), ``val_accuracy_before`` /
     ``val_accuracy`` / ``val_margin`` (when ``val`` has pairs), ``steps``, ``epochs``,
-    ``seconds``.
+    ``seconds``, ``context_cut_examples`` / ``context_cut_messages`` (training rankings
+    whose conversation was cut from its oldest turns to fit, as for the reward model).
     """
     config = config or DPOConfig()
     usable = [ex for ex in train if pairs_from_ranking(ex.ranking)]
@@ -160,7 +164,10 @@ def train_dpo(
         warmup_ratio=config.warmup_ratio, schedule="cosine",
     )
     log = StageMetrics("dpo", on_step, accelerator)
-    metrics: dict[str, float] = {"epochs": float(epochs)}
+    cut = [enc.context_cut for enc in encoded if enc.context_cut]
+    metrics: dict[str, float] = {
+        "epochs": float(epochs), "context_cut_examples": float(len(cut)), "context_cut_messages": float(sum(cut)),
+    }
     val_usable = [ex for ex in val if pairs_from_ranking(ex.ranking)]
     if val_usable:
         before = evaluate_preferences(model, ref_policy, tokenizer, val_usable, config, accelerator)

@@ -22,7 +22,7 @@ from torch import nn
 from app.models.prompts import DEFAULT_SAMPLING
 from trainer.config import EvalConfig, with_sampling
 
-from trainer.prompting import PromptLike, prompt_text
+from trainer.prompting import PromptLike, fit_prompt, prompt_token_limit
 
 from .accel import model_device
 from .sampling import response_logprobs, sample_responses
@@ -49,12 +49,19 @@ def evaluate_policies(
     reward_fn shape (``trainer.stages.reward.reward_fn_from_model``). Returns
     ``win_rate``, ``mean_score_new``, ``mean_score_prev``, ``kl_from_prev``, ``n``
     (prompts), ``samples`` (pairs) and the per-pair lists the gates read:
-    ``score_deltas`` (new - prev), ``wins`` (1, 0.5, 0) and ``kls``.
+    ``score_deltas`` (new - prev), ``wins`` (1, 0.5, 0) and ``kls``, and
+    ``context_cut_examples`` / ``context_cut_messages`` (prompts whose conversation was cut
+    from its oldest turns to fit, and the messages dropped in all).
     """
     params = with_sampling(params or EvalConfig(), DEFAULT_SAMPLING)
     if not prompts:
         raise ValueError("evaluation needs at least one prompt")
-    rendered = [prompt_text(tokenizer, p) for p in prompts]
+    # Conversations too long for the sample's prompt budget lose their oldest exchanges
+    # (system kept), as in PPO's rollouts (trainer.prompting.fit_prompt).
+    limit = prompt_token_limit(getattr(new_policy, "config", None), params.max_new_tokens, params.max_prompt_length)
+    fitted = [fit_prompt(tokenizer, p, limit) for p in prompts]
+    cut = [f.dropped for f in fitted if f.dropped]
+    rendered = [f.text for f in fitted]
     rows = [text for text in rendered for _ in range(params.samples_per_prompt)]
     new_scores, prev_scores, kls = [], [], []
     for i in range(0, len(rows), params.batch_size):
@@ -89,6 +96,8 @@ def evaluate_policies(
         "score_deltas": (s_new - s_prev).tolist(),
         "wins": wins.tolist(),
         "kls": kl.tolist(),
+        "context_cut_examples": float(len(cut)),
+        "context_cut_messages": float(sum(cut)),
     }
     logger.info("evaluation: %s", {k: v for k, v in result.items() if not isinstance(v, list)})
     return result

@@ -35,7 +35,7 @@ from torch import nn
 from app.models.prompts import DEFAULT_SAMPLING
 from trainer.config import PPOConfig, derive_ppo_iterations, with_sampling
 
-from trainer.prompting import PromptLike, pad_token_id, prompt_text
+from trainer.prompting import PromptLike, fit_prompt, pad_token_id, prompt_token_limit
 
 from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
 from .callbacks import StepCallback, check_cancel
@@ -160,8 +160,11 @@ def train_ppo(
     ``value_loss``, ``value_clipfrac``, ``approx_kl``, ``policy_loss``,
     ``response_length``, ``eos_fraction``, ``kl_coef``, ``episodes_per_s`` and
     ``ptx_loss`` when ``ptx_coef > 0``. The return value holds the last iteration's
-    metrics plus ``score_first``, ``iterations``, ``episodes``, ``seconds`` and
-    ``final_kl_coef`` (the adaptive controller's beta after the last update).
+    metrics plus ``score_first``, ``iterations``, ``episodes``, ``seconds``,
+    ``final_kl_coef`` (the adaptive controller's beta after the last update) and
+    ``context_cut_examples`` / ``context_cut_messages`` (prompts whose conversation was cut
+    from its oldest turns to fit the prompt budget, :func:`~trainer.prompting.fit_prompt`,
+    and the messages dropped in all).
     """
     config = with_sampling(config or PPOConfig(), DEFAULT_SAMPLING)
     if not prompts:
@@ -196,7 +199,12 @@ def train_ppo(
     model, optimizer = accelerator.prepare(wrapper, optimizer)
     accelerator.step = 0
 
-    rendered = shard([prompt_text(tokenizer, p) for p in prompts], accelerator)
+    # Conversations too long for the rollout's prompt budget lose their oldest exchanges
+    # (system messages kept) before sample_responses would cut their first tokens.
+    limit = prompt_token_limit(getattr(policy, "config", None), config.max_new_tokens, config.max_prompt_length)
+    fitted = [fit_prompt(tokenizer, p, limit) for p in prompts]
+    context_cut = [f.dropped for f in fitted if f.dropped]
+    rendered = shard([f.text for f in fitted], accelerator)
     if not rendered:
         raise ValueError("fewer prompts than processes")
     prompt_batches = _prompt_stream(len(rendered), config.rollout_batch_size, config.seed)
@@ -348,6 +356,8 @@ def train_ppo(
         episodes=float(iterations * world_batch),
         seconds=elapsed,
         final_kl_coef=kl_ctl.value,
+        context_cut_examples=float(len(context_cut)),
+        context_cut_messages=float(sum(context_cut)),
     )
     logger.info("PPO done: %s", result)
     return result

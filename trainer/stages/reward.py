@@ -32,7 +32,14 @@ from app.services.rankings import (
     pairs_from_ranking,  # the one home of ranking arithmetic (torch-free)
 )
 from trainer.config import RMConfig, epochs_for
-from trainer.prompting import Message, encode_prompt_response, pad_token_id, prompt_text
+from trainer.prompting import (
+    FittedPrompt,
+    Message,
+    encode_prompt_response,
+    fit_prompt,
+    pad_token_id,
+    response_budget_limit,
+)
 
 from .accel import get_accelerator, maybe_gradient_checkpointing, seed_everything, set_dropout_off, shard
 from .callbacks import StepCallback, check_cancel
@@ -54,8 +61,8 @@ from .tensors import pad_right
 
 __all__ = [
     "FORMAT", "HEAD_FILE", "META_FILE", "RMConfig", "RankingExample", "RewardModel", "decoder_layers",
-    "evaluate_rankings", "frozen_below", "last_real_index", "normalize_reward_bias", "pairs_from_ranking",
-    "ranking_batch", "ranking_loss", "reward_fn_from_model", "score", "train_reward_model",
+    "evaluate_rankings", "fit_ranking", "frozen_below", "last_real_index", "normalize_reward_bias",
+    "pairs_from_ranking", "ranking_batch", "ranking_loss", "reward_fn_from_model", "score", "train_reward_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,12 +91,22 @@ class RankingExample:
 class _EncodedRanking:
     rows: list[list[int]]  # one token list per completion (K rows)
     pairs: list[tuple[int, int]]
+    context_cut: int = 0  # oldest context messages dropped to fit
+
+
+def fit_ranking(tokenizer, ex: RankingExample, max_length: int) -> FittedPrompt:
+    """A ranking's context fitted (:func:`~trainer.prompting.fit_prompt`: oldest exchanges
+    first, system kept) so that its longest completion (and EOS) still fits in
+    ``max_length``; the RM and DPO encode their rankings over it."""
+    longest = max((len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ex.completions), default=0)
+    return fit_prompt(tokenizer, ex, response_budget_limit(max_length, longest + 1))
 
 
 def _encode_ranking(tokenizer, ex: RankingExample, max_length: int) -> _EncodedRanking:
-    text = prompt_text(tokenizer, ex)
-    rows = [encode_prompt_response(tokenizer, text, c, max_length)[0] for c in ex.completions]
-    return _EncodedRanking(rows=rows, pairs=pairs_from_ranking(ex.ranking))
+    """The K rows of a ranking over its fitted context (:func:`fit_ranking`)."""
+    fitted = fit_ranking(tokenizer, ex, max_length)
+    rows = [encode_prompt_response(tokenizer, fitted.text, c, max_length)[0] for c in ex.completions]
+    return _EncodedRanking(rows=rows, pairs=pairs_from_ranking(ex.ranking), context_cut=fitted.dropped)
 
 
 def _usable(ex: RankingExample, config: RMConfig) -> bool:
@@ -206,7 +223,9 @@ def train_reward_model(
     ``val_accuracy_before`` / ``val_accuracy`` / ``val_loss`` (when ``val`` has usable
     rankings), ``pairs``, ``rankings``, ``forward_rows`` (sequences encoded; counts are
     summed over processes and epochs), ``rankings_skipped``, ``comparisons_per_s``,
-    ``steps``, ``seconds``.
+    ``steps``, ``seconds``, and ``context_cut_examples`` / ``context_cut_messages``
+    (training rankings whose conversation was cut from its oldest turns to fit
+    ``max_length``, and the messages dropped in all).
     """
     config = config or RMConfig()
     with frozen_below(rm, config.trainable_layers):
@@ -260,7 +279,12 @@ def _train(
     )
 
     log = StageMetrics("reward", on_step, accelerator)
-    metrics: dict[str, float] = {"rankings_skipped": float(skipped)}
+    cut = [enc.context_cut for enc in encoded if enc.context_cut]
+    metrics: dict[str, float] = {
+        "rankings_skipped": float(skipped),
+        "context_cut_examples": float(len(cut)),
+        "context_cut_messages": float(sum(cut)),
+    }
     best: tuple[float, float] | None = None  # (accuracy, -loss) of the kept epoch
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch = 0

@@ -5,11 +5,13 @@ from fastapi import APIRouter
 from app.routes.api import (
     audit,
     completions,
+    conversation_trees,
     evaluations,
     exports,
     health,
     policies,
     prompt_sets,
+    red_team,
     stats,
     tasks,
     training,
@@ -20,5 +22,8 @@ from app.schemas.errors import COMMON_ERRORS
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(health.router)
-for module in (users, prompt_sets, tasks, exports, training, policies, stats, completions, audit, evaluations, webhooks):
+for module in (
+    users, prompt_sets, conversation_trees, red_team, tasks, exports, training, policies, stats, completions,
+    audit, evaluations, webhooks,
+):
     api_router.include_router(module.router, responses=COMMON_ERRORS)

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.deps import DB, ApiAdmin
+from app.db import transact
+from app.deps import DB, ApiAdmin, ApiUser
 from app.models import Completion
 from app.schemas.errors import ErrorOut
 from app.schemas.prompt_sets import (
@@ -26,7 +27,8 @@ from app.schemas.prompt_sets import (
     PromptSetOut,
     PromptSetUpdate,
 )
-from app.services import gold, imports, prompt_sets
+from app.schemas.seeds import SeedIn, SeedOut
+from app.services import gold, imports, prompt_sets, seeds
 from app.services.errors import Invalid
 
 router = APIRouter(tags=["prompt_sets"])
@@ -177,6 +179,44 @@ async def import_prompts(prompt_set_id: int, request: Request, db: DB, admin: Ap
     except imports.ImportFailed as exc:  # rows the set cannot take (a conversation set's seeds)
         return _import_failed(exc)
     return JSONResponse(ImportResultOut(imported=result.imported, duplicates=result.duplicates).model_dump())
+
+
+def seed_out(seed: seeds.WrittenSeed) -> SeedOut:
+    node = seed.node
+    return SeedOut(
+        prompt_id=seed.prompt.id, node_id=node.id, tree_id=seed.tree_id, prompt_set_id=node.prompt_set_id,
+        content=node.content, author_id=node.author_id, created_at=node.created_at, created=seed.created,
+    )
+
+
+@router.post(
+    "/prompt-sets/{prompt_set_id}/seeds",
+    response_model=SeedOut,
+    status_code=201,
+    responses={200: {"description": "this labeler had written the same seed in the set before", "model": SeedOut}},
+)
+def write_seed(
+    prompt_set_id: int, body: SeedIn, request: Request, response: Response, db: DB, principal: ApiUser
+) -> SeedOut:
+    """Start a conversation (conversation sets, any labeler): ``text`` becomes the opening
+    user message of a new tree, as an imported seed would, written by the caller. The
+    sampler answers it with K replies within its next batches. The same text again from
+    the same labeler answers 200 with the stored seed; 422 for empty text, NUL characters,
+    text over the set's ``max_context_chars`` or a set of another kind; 409 for a paused or
+    archived set, or a seed already imported or written by someone else."""
+    settings = request.app.state.settings
+
+    def work() -> SeedOut:
+        return seed_out(
+            seeds.write_seed(
+                db, prompt_set_id, principal.user, text=body.text, validation_fraction=settings.validation_fraction
+            )
+        )
+
+    out = transact(db, work)
+    if not out.created:
+        response.status_code = 200
+    return out
 
 
 @router.get("/prompt-sets/{prompt_set_id}/prompts", response_model=list[PromptOut])

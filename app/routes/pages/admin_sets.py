@@ -16,8 +16,9 @@ from starlette.datastructures import UploadFile
 
 from app.deps import DB, PageAdmin
 from app.routes.pages.forms import PageCall, PageForms
-from app.services import admin_views, gold, imports, prompt_sets
+from app.services import admin_views, conversation_trees, conversations, gold, imports, prompt_sets, red_team
 from app.services.errors import Invalid, ServiceError
+from app.templating import render
 
 router = APIRouter(include_in_schema=False)
 
@@ -79,9 +80,10 @@ async def prompt_sets_post(request: Request, db: DB, principal: PageAdmin) -> Re
 def _set_page(call: PageCall, status: int = 200, **ctx: Any) -> HTMLResponse:
     params = call.request.query_params
     raw_page = params.get("page", "1")
+    ps = prompt_sets.get_prompt_set(call.db, call.path["prompt_set_id"])
     view = admin_views.prompt_set(
         call.db,
-        prompt_sets.get_prompt_set(call.db, call.path["prompt_set_id"]),
+        ps,
         split=params.get("split"),
         search=(params.get("q") or "").strip()[:200] or None,
         page=int(raw_page) if raw_page.isdigit() else 1,
@@ -89,7 +91,8 @@ def _set_page(call: PageCall, status: int = 200, **ctx: Any) -> HTMLResponse:
     return call.show(
         "admin/prompt_set.html", status, **view,
         max_upload_mb=call.request.app.state.settings.max_upload_bytes / 1_048_576,
-        created=params.get("created") == "1", **ctx,
+        created=params.get("created") == "1",
+        red_team_report=red_team.failure_report(call.db, ps) if red_team.is_red_team(ps) else None, **ctx,
     )
 
 
@@ -101,6 +104,15 @@ def _save_set(call: PageCall) -> dict[str, Any]:
     ps = prompt_sets.get_prompt_set(call.db, call.path["prompt_set_id"])
     prompt_sets.update_prompt_set(call.db, call.actor, ps, **_set_fields(call))
     return {"notice": "Saved."}
+
+
+@SET.action("red_team_promote")
+def _promote_red_team(call: PageCall) -> dict[str, Any]:
+    """Make a red-team set's rankings and written replies training data (once)."""
+    ps = prompt_sets.get_prompt_set(call.db, call.path["prompt_set_id"])
+    already = ps.red_team_promoted_at is not None
+    red_team.promote(call.db, ps, call.actor)
+    return {"notice": "Already promoted." if already else "Promoted: rounds now train on this set's data as of now."}
 
 
 @SET.action("import")
@@ -151,6 +163,17 @@ async def prompt_set_post(prompt_set_id: int, request: Request, db: DB, principa
             call, 413, import_error=f"the upload is over the limit of {limit} bytes (RLHF_MAX_UPLOAD_BYTES)"
         )
     return await SET.handle(call)
+
+
+@router.get("/admin/prompt-sets/{prompt_set_id}/trees", response_class=HTMLResponse)
+def trees_page(prompt_set_id: int, request: Request, db: DB, principal: PageAdmin, page: int = 1) -> HTMLResponse:
+    """A conversation set's trees, nested: each message with who wrote it and its votes."""
+    ps = prompt_sets.get_prompt_set(db, prompt_set_id)
+    per_page = 20
+    view = conversation_trees.list_trees(db, ps, offset=(max(1, page) - 1) * per_page, limit=per_page)
+    pages = max(1, -(-view.total // per_page))
+    return render(request, "admin/trees.html", principal, ps=ps, view=view, page=max(1, page), pages=pages,
+                  settings=conversations.settings_of(ps))
 
 
 # ---------------------------------------------------------------- one prompt (gold)

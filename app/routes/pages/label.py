@@ -1,5 +1,5 @@
 """Labeler pages: the list of active sets, the ranking page, the demonstration page and
-(conversation sets) the continue page.
+(conversation sets) the continue page and the "Start a conversation" page.
 
 The two work pages are thin shells: static/label.js claims tasks and submits answers
 through the JSON API (``/api/v1/tasks/...``) with ``rlhf.api``.
@@ -10,26 +10,31 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.deps import DB, PageUser
-from app.models import FLAGS
-from app.services import conversations, prompt_sets, tasks
-from app.services.errors import Invalid
+from app.db import transact
+from app.deps import DB, PageUser, verify_form_csrf
+from app.models import FLAGS, PromptSet
+from app.services import conversations, prompt_sets, seeds, tasks
+from app.services.errors import Invalid, ServiceError
 from app.templating import render
 
 router = APIRouter(include_in_schema=False)
 
-# How the ranking page shows each flag of app.models.FLAGS (short pill text, full wording),
-# after the questions InstructGPT's labelers answered for every output.
-FLAG_LABELS: dict[str, tuple[str, str]] = {
-    "fails_instruction": ("Fails instruction", "Fails to follow the user's instruction"),
-    "made_up_facts": ("Made-up facts", "Makes up facts (hallucination)"),
-    "inappropriate_for_customer_assistant": ("Inappropriate", "Inappropriate for a customer assistant"),
-    "harmful_or_toxic": ("Harmful / toxic", "Harmful or toxic content"),
-    "sexual_or_violent": ("Sexual / violent", "Sexual or violent content"),
-    "moral_judgement": ("Moral judgement", "Expresses a moral judgement"),
+# How the ranking page shows each flag of app.models.FLAGS (short pill text, full wording,
+# the key that toggles it on the focused card), after the questions InstructGPT's labelers
+# answered for every output. The keys are free on the rank page (templates/label/rank.html
+# lists them from this table).
+FLAG_LABELS: dict[str, tuple[str, str, str]] = {
+    "fails_instruction": ("Fails instruction", "Fails to follow the user's instruction", "i"),
+    "made_up_facts": ("Made-up facts", "Makes up facts (hallucination)", "m"),
+    "inappropriate_for_customer_assistant": ("Inappropriate", "Inappropriate for a customer assistant", "c"),
+    "harmful_or_toxic": ("Harmful / toxic", "Harmful or toxic content", "x"),
+    "sexual_or_violent": ("Sexual / violent", "Sexual or violent content", "v"),
+    "moral_judgement": ("Moral judgement", "Expresses a moral judgement", "o"),
 }
+assert set(FLAG_LABELS) == set(FLAGS), "every flag of app.models.FLAGS needs its labels and key here"
 SKIP_REASONS = (
     "I can't judge this (outside what I know)",
     "The prompt is unclear or broken",
@@ -46,14 +51,7 @@ def _page_config(request: Request, mode: str, prompt_set_id: int) -> dict[str, A
         "leaseMinutes": settings.lease_minutes,
         "undoWindowMinutes": settings.undo_window_minutes,
         "maxDemonstrationChars": settings.max_demonstration_chars,
-        "flags": [
-            {
-                "name": f,
-                "short": FLAG_LABELS.get(f, (f.replace("_", " "),) * 2)[0],
-                "label": FLAG_LABELS.get(f, (f.replace("_", " "),) * 2)[1],
-            }
-            for f in FLAGS
-        ],
+        "flags": [dict(zip(("name", "short", "label", "key"), (f, *FLAG_LABELS[f]), strict=True)) for f in FLAGS],
         "skipReasons": list(SKIP_REASONS),
     }
 
@@ -93,3 +91,56 @@ def continue_page(request: Request, prompt_set_id: int, db: DB, principal: PageU
 @router.get("/label/{prompt_set_id}/demonstrate", response_class=HTMLResponse)
 def demonstrate_page(request: Request, prompt_set_id: int, db: DB, principal: PageUser) -> HTMLResponse:
     return _work_page(request, db, principal, prompt_set_id, "demonstrate")
+
+
+def _conversation_set(db: DB, prompt_set_id: int) -> PromptSet:
+    ps = prompt_sets.get_prompt_set(db, prompt_set_id)
+    if not conversations.is_conversation(ps):
+        raise Invalid(f"prompt set {ps.name!r} is not a conversation set; conversations start in conversation sets")
+    return ps
+
+
+def _start_page(
+    request: Request, principal: PageUser, ps: PromptSet, *, status_code: int = 200, **ctx: Any
+) -> HTMLResponse:
+    return render(
+        request, "label/start.html", principal, status_code=status_code, ps=ps,
+        max_chars=conversations.settings_of(ps).max_context_chars, **ctx,
+    )
+
+
+@router.get("/label/{prompt_set_id}/start", response_class=HTMLResponse)
+def start_page(
+    request: Request, prompt_set_id: int, db: DB, principal: PageUser, started: int | None = None
+) -> HTMLResponse:
+    """Conversation sets: write the opening user message of a new conversation. After a
+    post (``?started=`` the new seed's node) the page confirms it; the model answers later."""
+    ps = _conversation_set(db, prompt_set_id)
+    seed = seeds.own_seed(db, ps.id, started, principal.user) if started else None
+    return _start_page(request, principal, ps, seed=seed)
+
+
+@router.post("/label/{prompt_set_id}/start", response_class=HTMLResponse)
+async def start_conversation(request: Request, prompt_set_id: int, db: DB, principal: PageUser) -> Response:
+    """The form post of the start page (CSRF-checked): the seed goes through the same service
+    as ``POST /api/v1/prompt-sets/{id}/seeds``; then back to the page (303) to confirm it.
+    A refused seed shows the page again with the reason and the text as sent."""
+    await verify_form_csrf(request, principal)
+    form = await request.form()
+    text = str(form.get("text") or "")
+    settings = request.app.state.settings
+
+    def write() -> seeds.WrittenSeed:
+        return seeds.write_seed(
+            db, prompt_set_id, principal.user, text=text, validation_fraction=settings.validation_fraction
+        )
+
+    def refused(exc: ServiceError) -> HTMLResponse:
+        ps = _conversation_set(db, prompt_set_id)
+        return _start_page(request, principal, ps, status_code=exc.status_code, error=exc.message, text=text)
+
+    try:
+        seed = await run_in_threadpool(transact, db, write)
+    except ServiceError as exc:
+        return await run_in_threadpool(refused, exc)
+    return RedirectResponse(f"/label/{prompt_set_id}/start?started={seed.node.id}", status_code=303)
