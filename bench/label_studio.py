@@ -94,6 +94,7 @@ from bench.load import (  # noqa: E402
     free_port,
     percentiles,
     reset_work,
+    run_labelers,
     seed_scale,
     start_server,
     stop_server,
@@ -372,17 +373,12 @@ async def drive_ls(base_url: str, project: int, tokens: list[str], max_requests:
                           verify=False, cookies=no_cookies)
         for t in tokens
     ]
-    budget = {"requests": float(max_requests), "deadline": time.monotonic() + max_seconds}
-    t0 = time.monotonic()
-    perf0 = time.perf_counter()
-    try:
-        await asyncio.gather(
-            *(ls_labeler(c, project, budget, result, random.Random(i), perf0) for i, c in enumerate(clients))
-        )
-    finally:
-        result.seconds = time.monotonic() - t0
-        await asyncio.gather(*(c.aclose() for c in clients))
-    return result
+
+    async def loop(client: httpx.AsyncClient, budget: dict[str, float], result: LevelResult, rng: random.Random,
+                   perf0: float) -> None:
+        await ls_labeler(client, project, budget, result, rng, perf0)
+
+    return await run_labelers(clients, loop, max_requests, max_seconds, result)
 
 
 def verify_ls(url: str, project: int, overlap: int, result: LevelResult) -> dict[str, int]:

@@ -55,6 +55,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -302,8 +303,23 @@ async def labeler_loop(
             result.acked[task["id"]] = result.acked.get(task["id"], 0) + 1
 
 
+async def run_labelers(
+    clients: list[httpx.AsyncClient], loop: Any, max_requests: int, max_seconds: float, result: LevelResult
+) -> LevelResult:
+    """Run ``loop(client, budget, result, rng, t0)`` for every client at once, within a shared
+    budget of requests and seconds (counted from here, after the set-up), then close them."""
+    budget = {"requests": float(max_requests), "deadline": time.monotonic() + max_seconds}
+    t0 = time.monotonic()
+    perf0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(loop(c, budget, result, random.Random(i), perf0) for i, c in enumerate(clients)))
+    finally:
+        result.seconds = time.monotonic() - t0
+        await asyncio.gather(*(c.aclose() for c in clients))
+    return result
+
+
 async def drive(base_url: str, set_id: int, tokens: list[str], max_requests: int, max_seconds: float) -> LevelResult:
-    result = LevelResult(labelers=len(tokens), seconds=0.0)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     clients = [  # plain HTTP to 127.0.0.1: verify=False spares loading the CA bundle 200 times
         httpx.AsyncClient(
@@ -311,17 +327,12 @@ async def drive(base_url: str, set_id: int, tokens: list[str], max_requests: int
         )
         for t in tokens
     ]
-    budget = {"requests": float(max_requests), "deadline": time.monotonic() + max_seconds}  # after the set-up
-    t0 = time.monotonic()
-    perf0 = time.perf_counter()
-    try:
-        await asyncio.gather(
-            *(labeler_loop(c, set_id, budget, result, random.Random(i), perf0) for i, c in enumerate(clients))
-        )
-    finally:
-        result.seconds = time.monotonic() - t0
-        await asyncio.gather(*(c.aclose() for c in clients))
-    return result
+
+    async def loop(client: httpx.AsyncClient, budget: dict[str, float], result: LevelResult, rng: random.Random,
+                   perf0: float) -> None:
+        await labeler_loop(client, set_id, budget, result, rng, perf0)
+
+    return await run_labelers(clients, loop, max_requests, max_seconds, LevelResult(labelers=len(tokens), seconds=0.0))
 
 
 def verify(url: str, set_id: int, overlap: int, result: LevelResult) -> dict[str, int]:
