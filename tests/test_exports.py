@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from app.models import AuditLog, Completion, Prompt, Ranking, Task
 from app.models.base import utcnow
@@ -306,3 +306,18 @@ def test_downloads_are_in_the_audit_log(client, admin, data, database) -> None:
         entry = db.scalar(select(AuditLog).where(AuditLog.action == "export.download"))
     assert entry.actor_id == admin.id and entry.target_id == "rankings.csv"
     assert entry.detail == {"conversational": False, "prompt_set_id": data["set_id"], "split": "train"}
+
+
+def test_a_record_stays_one_line_whatever_the_text_holds(client, admin, data, database) -> None:
+    """Sampled text may hold U+2028, U+2029 or NEL, which JSON leaves raw but str.splitlines
+    (and older JavaScript) reads as line breaks: the export writes them escaped."""
+    odd = "plum\u2028pie\u2029tart\x85end"
+    with database.session() as db:
+        db.execute(update(Completion).where(Completion.text == "plum").values(text=odd))
+        db.commit()
+    for kind, n in (("rankings", 3), ("comparisons", None)):
+        text = client.get(f"/api/v1/exports/{kind}.jsonl", headers=admin.headers).text
+        assert all(ch not in text for ch in "\u2028\u2029\x85")
+        rows = [json.loads(line) for line in text.splitlines()]
+        assert n is None or len(rows) == n
+        assert any(odd in json.dumps(r, ensure_ascii=False) for r in rows)

@@ -278,12 +278,23 @@ def records(
     raise Invalid(f"unknown export {kind!r}; use one of {', '.join(KINDS)}")
 
 
+# Characters JSON leaves raw in strings but that many line readers (Python's
+# str.splitlines, JavaScript before ES2019) take for line breaks: written escaped, so one
+# record is always one line whatever the model sampled.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def jsonl_line(row: dict[str, Any]) -> str:
+    """One JSON Lines record: UTF-8 text as it is, but no character that reads as a line break."""
+    return json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS) + "\n"
+
+
 def to_jsonl(rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:
     """JSON Lines, UTF-8, yielded in chunks of about 64 KiB."""
     buf: list[str] = []
     size = 0
     for row in rows:
-        line = json.dumps(row, ensure_ascii=False) + "\n"
+        line = jsonl_line(row)
         buf.append(line)
         size += len(line)
         if size >= CHUNK_BYTES:
