@@ -1,5 +1,5 @@
 """What the routes that store a labeler's answer (a ranking, a demonstration, a
-comparison) share: the write in one transaction, and 201 for a new row, 200 for the
+comparison, a written seed) share: the write in one transaction, and 201 for a new row, 200 for the
 identical answer stored before (the idempotent retry)."""
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import transact
 from app.deps import DB, ApiAdmin, ApiUser
+from app.routes.api.answers import store_answer
 from app.models import Completion
 from app.schemas.errors import ErrorOut
 from app.schemas.prompt_sets import (
@@ -206,17 +206,13 @@ def write_seed(
     archived set, or a seed already imported or written by someone else."""
     settings = request.app.state.settings
 
-    def work() -> SeedOut:
-        return seed_out(
-            seeds.write_seed(
-                db, prompt_set_id, principal.user, text=body.text, validation_fraction=settings.validation_fraction
-            )
+    def work() -> tuple[SeedOut, bool]:
+        seed = seeds.write_seed(
+            db, prompt_set_id, principal.user, text=body.text, validation_fraction=settings.validation_fraction
         )
+        return seed_out(seed), seed.created
 
-    out = transact(db, work)
-    if not out.created:
-        response.status_code = 200
-    return out
+    return store_answer(db, response, work)  # 200 on response when this labeler wrote it before
 
 
 @router.get("/prompt-sets/{prompt_set_id}/prompts", response_model=list[PromptOut])
