@@ -168,3 +168,33 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainer.tiny import build_tiny_policy
 
     return build_tiny_policy(tmp_path_factory.mktemp("tiny-base") / "tiny")
+
+
+# ------------------------------------------------------------------ the live loop
+# The service on a real port and a trainer worker beside it, for the tests that drive the
+# whole loop over HTTP (simulated labelers). The module provides ``loop_settings``.
+
+
+@pytest.fixture
+def server(loop_settings: Settings, database: Database) -> Iterator[str]:
+    from tests.live_server import serve_in_thread
+
+    with serve_in_thread(create_app(loop_settings, database)) as url:
+        yield url
+
+
+@pytest.fixture
+def worker(loop_settings: Settings, database: Database, tiny_base: Path) -> Iterator[object]:
+    import threading
+
+    from tests.round_helpers import bootstrap_v0
+    from trainer.worker import TrainerWorker
+
+    bootstrap_v0(loop_settings, database, tiny_base)
+    w = TrainerWorker(loop_settings, database)
+    thread = threading.Thread(target=w.run_forever, name="worker", daemon=True)
+    thread.start()
+    yield w
+    w.stop()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the worker did not stop"

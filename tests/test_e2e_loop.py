@@ -10,9 +10,7 @@ and served -> label v2 (the simulator measures every policy on its own completio
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,11 +19,9 @@ from sqlalchemy import select
 
 from app.config import Settings
 from app.db import Database
-from app.main import create_app
 from app.models import Completion, Ranking, TrainingRun, User
 from app.simulation.loop import Simulation, SimulationConfig, write_csv, write_plot
-from tests.live_server import serve_in_thread
-from tests.round_helpers import TINY_CONFIG, bootstrap_v0, fast_settings
+from tests.round_helpers import TINY_CONFIG, fast_settings
 from trainer.worker import TrainerWorker
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -47,24 +43,6 @@ def loop_settings(settings: Settings, backend: str) -> Settings:
     if backend != "postgres":
         pytest.skip("the end-to-end loop runs on PostgreSQL (the production backend)")
     return fast_settings(settings, heartbeat_s=0.5, heartbeat_timeout_s=30.0, worker_poll_s=0.2)
-
-
-@pytest.fixture
-def server(loop_settings: Settings, database: Database) -> Iterator[str]:
-    with serve_in_thread(create_app(loop_settings, database)) as url:
-        yield url
-
-
-@pytest.fixture
-def worker(loop_settings: Settings, database: Database, tiny_base: Path) -> Iterator[TrainerWorker]:
-    bootstrap_v0(loop_settings, database, tiny_base)
-    w = TrainerWorker(loop_settings, database)
-    thread = threading.Thread(target=w.run_forever, name="worker", daemon=True)
-    thread.start()
-    yield w
-    w.stop()
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "the worker did not stop"
 
 
 def test_two_rounds_through_the_api_train_deploy_and_serve_each_new_policy(

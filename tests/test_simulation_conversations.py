@@ -9,24 +9,18 @@ their turn-2 rank tasks are ranked too.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 from sqlalchemy import select
 
 from app.config import Settings
 from app.db import Database
-from app.main import create_app
 from app.models import ConversationNode, Demonstration, Prompt, Ranking, Task
 from app.simulation.conversations import FOLLOW_UPS, follow_up, preference_prompt
 from app.simulation.loop import Simulation, SimulationConfig
 from app.models.base import utcnow
 from tests.conversation_helpers import check_tree
-from tests.live_server import serve_in_thread
-from tests.round_helpers import bootstrap_v0, fast_settings
+from tests.round_helpers import fast_settings
 from trainer.worker import TrainerWorker
 
 SEEDS = ["What causes the seasons on Earth?", "Why is the sky blue?", "How does a refrigerator keep food cold?"]
@@ -69,24 +63,6 @@ def test_the_preference_sees_the_user_turns_of_the_context() -> None:
 @pytest.fixture
 def loop_settings(settings: Settings) -> Settings:
     return fast_settings(settings, heartbeat_s=0.5, heartbeat_timeout_s=30.0, worker_poll_s=0.2, buffer_prompts=8)
-
-
-@pytest.fixture
-def server(loop_settings: Settings, database: Database) -> Iterator[str]:
-    with serve_in_thread(create_app(loop_settings, database)) as url:
-        yield url
-
-
-@pytest.fixture
-def worker(loop_settings: Settings, database: Database, tiny_base: Path) -> Iterator[TrainerWorker]:
-    bootstrap_v0(loop_settings, database, tiny_base)
-    w = TrainerWorker(loop_settings, database)
-    thread = threading.Thread(target=w.run_forever, name="worker", daemon=True)
-    thread.start()
-    yield w
-    w.stop()
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "the worker did not stop"
 
 
 @pytest.mark.usefixtures("single_torch_thread")
