@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -72,19 +73,24 @@ def _windows(db: Session, prompt_set_ids: list[int], cutoff: datetime) -> Window
     return [(ids, until) for until, ids in grouped.items()]
 
 
+def _in_windows(
+    windows: Windows, query: Callable[[list[int], datetime], Any], fetch: Callable[[Any], Any]
+) -> list[Any]:
+    """What ``fetch`` (``db.scalars`` or ``db.execute``) reads of ``query(set_ids, until)``
+    for every window, in one sorted list."""
+    return sorted(found for set_ids, until in windows for found in fetch(query(set_ids, until)))
+
+
 def _active_ids(db: Session, model: Any, windows: Windows) -> list[int]:
     """Ids of the active labels (``Ranking`` or ``Demonstration``) on the snapshot's
     prompts, each created by its set's time."""
-    found: list[int] = []
-    for set_ids, until in windows:
-        found.extend(
-            db.scalars(
-                select(model.id)
-                .join(Prompt, Prompt.id == model.prompt_id)
-                .where(*_in_sets(set_ids), model.status == SubmissionStatus.ACTIVE, model.created_at <= until)
-            )
-        )
-    return sorted(found)
+    return _in_windows(
+        windows,
+        lambda set_ids, until: select(model.id)
+        .join(Prompt, Prompt.id == model.prompt_id)
+        .where(*_in_sets(set_ids), model.status == SubmissionStatus.ACTIVE, model.created_at <= until),
+        db.scalars,
+    )
 
 
 def take_snapshot(
@@ -100,10 +106,12 @@ def take_snapshot(
     rankings = _active_ids(db, Ranking, windows)
     demonstrations = _active_ids(db, Demonstration, windows)
     prompts: dict[str, list[int]] = {"train": [], "validation": []}
-    rows: list[tuple[int, str]] = []
-    for set_ids, until in windows:
-        rows.extend(db.execute(select(Prompt.id, Prompt.split).where(*_in_sets(set_ids), Prompt.created_at <= until)))
-    for prompt_id, split in sorted(rows):
+    rows = _in_windows(
+        windows,
+        lambda set_ids, until: select(Prompt.id, Prompt.split).where(*_in_sets(set_ids), Prompt.created_at <= until),
+        db.execute,
+    )
+    for prompt_id, split in rows:
         prompts.setdefault(split, []).append(prompt_id)
     ids = {
         "rankings": rankings,
@@ -112,23 +120,20 @@ def take_snapshot(
         "prompts_validation": prompts.get("validation", []),
     }
     if include_judgments:
-        judgments: list[int] = []
-        for set_ids, until in windows:
-            judgments.extend(
-                db.scalars(
-                    select(ComparisonJudgment.id)
-                    .join(Prompt, Prompt.id == ComparisonJudgment.prompt_id)
-                    .join(EvaluationComparison, EvaluationComparison.id == ComparisonJudgment.comparison_id)
-                    .where(
-                        *_in_sets(set_ids),
-                        ComparisonJudgment.status == "active",
-                        ComparisonJudgment.choice.in_(("a", "b")),
-                        ComparisonJudgment.created_at <= until,
-                        EvaluationComparison.gold_outcome.is_(None),
-                    )
-                )
-            )
-        ids["judgments"] = sorted(judgments)
+        ids["judgments"] = _in_windows(
+            windows,
+            lambda set_ids, until: select(ComparisonJudgment.id)
+            .join(Prompt, Prompt.id == ComparisonJudgment.prompt_id)
+            .join(EvaluationComparison, EvaluationComparison.id == ComparisonJudgment.comparison_id)
+            .where(
+                *_in_sets(set_ids),
+                ComparisonJudgment.status == "active",
+                ComparisonJudgment.choice.in_(("a", "b")),
+                ComparisonJudgment.created_at <= until,
+                EvaluationComparison.gold_outcome.is_(None),
+            ),
+            db.scalars,
+        )
     snapshot: dict[str, Any] = {
         "format": SNAPSHOT_FORMAT,
         "taken_at": cutoff.isoformat(),
