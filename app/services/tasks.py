@@ -14,6 +14,7 @@ Where the rest lives (this module re-exports the names callers used to find here
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -105,15 +106,11 @@ def task_view(db: Session, task: Task) -> dict[str, Any]:
 
 
 
-_progress_cache: list[tuple[Any, Any]] = []
-
-
+@functools.cache
 def _progress_statements() -> tuple[Any, Any]:
     """The two statements of :func:`progress`, built once per process with bind parameters
     (``labeler_id``, ``ps_id``, ``overlap``, ``now``): building them per call (aliases,
     correlated subqueries) cost more CPU than running them."""
-    if _progress_cache:
-        return _progress_cache[0]
     labeler: Any = bindparam("labeler_id", type_=Integer)
     ps_id: Any = bindparam("ps_id", type_=Integer)
     overlap: Any = bindparam("overlap", type_=Integer)
@@ -167,7 +164,6 @@ def _progress_statements() -> tuple[Any, Any]:
     totals = select(
         SlotTotals.kind, SlotTotals.policy_id, SlotTotals.served, SlotTotals.open, deployed_id, next_expiry
     ).where(SlotTotals.prompt_set_id == ps_id)
-    _progress_cache.append((mine, totals))
     return mine, totals
 
 
