@@ -136,15 +136,14 @@ def _claim_from(
     wait for them.
     """
     rejected: list[int] = []
-    for skip_locked in (True,):
-        query = _claim_statement(which, skip_locked)
-        for _ in range(max_tries):
-            prompt = db.scalar(query, {**params, "rejected": list(rejected)})
-            if prompt is None:
-                break
-            if accept(prompt):
-                return prompt
-            rejected.append(prompt.id)
+    query = _claim_statement(which, skip_locked=True)
+    for _ in range(max_tries):
+        prompt = db.scalar(query, {**params, "rejected": list(rejected)})
+        if prompt is None:
+            return None
+        if accept(prompt):
+            return prompt
+        rejected.append(prompt.id)
     return None
 
 
